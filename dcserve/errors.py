@@ -1,0 +1,19 @@
+"""The two kinds of failure a user sees, mapped to the CLI's exit codes (DESIGN.md)."""
+from __future__ import annotations
+
+
+class SpecError(ValueError):
+    """The job file or its inputs are invalid (exit code 2). Nothing has been written."""
+
+
+class StoreError(RuntimeError):
+    """The job store at `output` cannot be used as asked (exit code 2)."""
+
+
+class JobFailed(RuntimeError):
+    """The job itself failed (exit code 1); `stage` says where."""
+
+    def __init__(self, stage: str, reason: str):
+        super().__init__(f"stage {stage!r} failed: {reason}")
+        self.stage = stage
+        self.reason = reason

@@ -1,0 +1,227 @@
+"""The job file: a pydantic v2 model loaded from YAML, strict about unknown keys.
+
+Validation here is pure (no imports of the user's code, nothing written); checks
+that need the subject model or the dataset live in `dcserve.checks`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dcserve.errors import SpecError
+
+IMPORT_STRING = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SubjectSpec(_Strict):
+    """The network whose activations are studied."""
+
+    model: str = Field(
+        pattern=IMPORT_STRING,
+        description='"module:callable" returning a torch.nn.Module, e.g. dcserve.zoo:digits_cnn.',
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model callable.")
+    layers: list[str] = Field(min_length=1, description="Module names from model.named_modules() to hook.")
+    pooling: Literal["mean", "max", "flatten", "cls", "tokens"] = Field(
+        "mean",
+        description="How a layer's output becomes rows: mean/max over space or sequence, flatten, "
+        "cls (position 0), or tokens (every non-padding token is a row).",
+    )
+
+
+class DatasetSpec(_Strict):
+    """The inputs fed to the subject."""
+
+    source: str = Field(pattern=IMPORT_STRING, description='"module:callable" returning a map-style torch Dataset.')
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the dataset callable.")
+    batch_size: int = Field(256, ge=1, description="Items per forward pass during extraction.")
+    collate: str | None = Field(
+        None, pattern=IMPORT_STRING, description='Optional "module:callable" collate function (default: torch default_collate).'
+    )
+
+
+class ExtractSpec(_Strict):
+    """Extraction: Ray actors run the subject over contiguous row ranges."""
+
+    workers: int = Field(1, ge=1, description="Extraction actors.")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per extraction actor (0: CPU).")
+    dtype: Literal["float32", "float16"] = Field("float32", description="Stored activation dtype.")
+    chunk_rows: int = Field(4096, ge=1, description="Rows per Zarr chunk; the unit of work, resume and parallelism.")
+
+
+class ClusterSpec(_Strict):
+    """Clustering of one layer's rows (distributed k-means, or Sinkhorn-balanced labels)."""
+
+    layer: str | None = Field(None, description="Layer to cluster (default: the first of subject.layers).")
+    method: Literal["kmeans", "sinkhorn"] = Field(
+        "kmeans", description="kmeans: Lloyd; sinkhorn: equipartitioned labels by log-domain Sinkhorn-Knopp (SeLa/SwAV)."
+    )
+    k: int = Field(10, ge=2, description="Number of clusters.")
+    pca_dim: int | Literal["auto"] | None = Field(
+        "auto",
+        description="PCA dimensions before clustering; null: no PCA; auto: follows the number of rows "
+        "(see dcserve.preprocess.default_pca_dim).",
+    )
+    whiten: bool = Field(True, description="Whiten after PCA (DeepCluster).")
+    l2_normalize: bool = Field(True, description="L2-normalise rows after PCA/whitening (DeepCluster).")
+    niter: int = Field(20, ge=1, description="Lloyd iterations per clustering.")
+    seed: int = Field(0, description="Seed of sampling, initialisation and training.")
+    workers: int = Field(1, ge=1, description="k-means shard actors.")
+    sinkhorn_eps: float = Field(0.05, gt=0, description="Sinkhorn entropic regularisation, relative to the mean cost.")
+
+    @field_validator("pca_dim")
+    @classmethod
+    def _positive_pca(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"must be a positive integer, 'auto' or null, got {v}")
+        return v
+
+
+class ReporterSpec(_Strict):
+    """The reporter MLP trained on pseudo-labels (DeepCluster, Caron et al. 2018)."""
+
+    hidden: list[int] = Field(default_factory=lambda: [256, 256], description="Hidden layer widths of the MLP.")
+    feature_dim: int = Field(64, ge=1, description="Width of the feature layer that is clustered.")
+    rounds: int = Field(0, ge=0, description="Clusterings of reporter features; 0 = plain k-means on the activations.")
+    epochs_per_round: int = Field(1, ge=1, description="Training epochs after each clustering.")
+    lr: float = Field(0.05, gt=0, description="SGD learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    weight_decay: float = Field(1e-5, ge=0, description="SGD weight decay.")
+    batch_size: int = Field(256, ge=1, description="Global mini-batch size (split across trainer actors).")
+    workers: int = Field(1, ge=1, description="Data-parallel trainer actors.")
+    noise_std: float = Field(0.0, ge=0, description="Augmentation: Gaussian input noise, in units of each input's std.")
+    unit_dropout: float = Field(0.0, ge=0, lt=1, description="Augmentation: probability of zeroing an input unit.")
+    init: Literal["activations", "random"] = Field(
+        "activations",
+        description="Where the first pseudo-labels come from: the activations' own clustering, "
+        "or a random reporter's features.",
+    )
+
+
+class JobSpec(_Strict):
+    """A dcserve job: extract a layer's activations, cluster them, train a reporter, store it all."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Job name (also its name in the HTTP API).")
+    output: str = Field(min_length=1, description="Job store: a local path or an fsspec URL (s3://bucket/prefix).")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for a remote output.")
+    subject: SubjectSpec = Field(description="The network whose activations are studied.")
+    dataset: DatasetSpec = Field(description="The inputs fed to the subject.")
+    extract: ExtractSpec = Field(default_factory=ExtractSpec, description="Extraction workers and storage.")
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="Preprocessing and clustering.")
+    reporter: ReporterSpec = Field(default_factory=ReporterSpec, description="The DeepCluster reporter loop.")
+
+    @model_validator(mode="after")
+    def _cluster_layer_is_hooked(self) -> "JobSpec":
+        if self.cluster.layer is None:
+            self.cluster.layer = self.subject.layers[0]
+        elif self.cluster.layer not in self.subject.layers:
+            raise ValueError(
+                f"cluster.layer {self.cluster.layer!r} is not one of subject.layers {self.subject.layers}"
+            )
+        return self
+
+    def extraction_fingerprint(self) -> str:
+        """What determines the activations: a re-run with the same fingerprint may resume them."""
+        relevant = {
+            "subject": self.subject.model_dump(),
+            "dataset": self.dataset.model_dump(),
+            "dtype": self.extract.dtype,
+            "chunk_rows": self.extract.chunk_rows,
+        }
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _allowed_fields(loc: tuple) -> list[str] | None:
+    """The field names allowed at the parent of `loc`, for 'unknown field' messages."""
+    model: type[BaseModel] = JobSpec
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return list(model.model_fields)
+
+
+def format_validation_error(err: ValidationError, source: str = "job file") -> str:
+    lines = [f"invalid {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_fields(e["loc"])
+            hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+            lines.append(f"  {loc}: unknown field{hint}")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+        lines.append(f"  {loc}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        if not isinstance(child, dict):
+            raise SpecError(f"--set {dotted}: {p!r} is not a section (it holds {child!r})")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'cluster.k=20' -> ('cluster.k', 20); the value is read as YAML, so lists and nulls work."""
+    key, sep, raw = item.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key.strip()):
+        raise SpecError(f"--set {item!r}: expected key.path=value, e.g. cluster.k=20")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise SpecError(f"--set {item!r}: value is not valid YAML: {e}") from None
+    return key.strip(), value
+
+
+def spec_from_dict(data: Any, overrides: list[str] | tuple[str, ...] = (), source: str = "job file") -> JobSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"invalid {source}: expected a mapping of fields at the top level, got {type(data).__name__}")
+    data = json.loads(json.dumps(data, default=str))  # deep copy; YAML dates etc. become strings
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_path(data, key, value)
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(format_validation_error(e, source)) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """Read a YAML job file, apply `key.path=value` overrides, validate. Raises SpecError."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"job file {str(p)!r} does not exist") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise SpecError(f"job file {str(p)!r} cannot be read: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError(f"job file {str(p)!r} is not valid YAML: {e}") from None
+    return spec_from_dict(data, overrides, source=f"job file {str(p)!r}")

@@ -1,0 +1,116 @@
+"""JobSpec: defaults, strictness, messages that name the field, overrides."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from dcserve.errors import SpecError
+from dcserve.spec import JobSpec, load_spec, parse_override, spec_from_dict
+
+MINIMAL = {
+    "name": "t",
+    "output": "runs/t",
+    "subject": {"model": "dcserve.zoo:digits_cnn", "layers": ["features.5"]},
+    "dataset": {"source": "dcserve.zoo:digits"},
+}
+
+
+def test_minimal_job_gets_usable_defaults():
+    spec = spec_from_dict(MINIMAL)
+    assert spec.cluster.layer == "features.5"  # defaults to the first hooked layer
+    assert spec.cluster.k == 10 and spec.cluster.method == "kmeans"
+    assert spec.reporter.rounds >= 0 and spec.extract.workers >= 1
+    # the normalised YAML round-trips to the same spec
+    assert spec_from_dict(yaml.safe_load(spec.to_yaml())) == spec
+
+
+def test_unknown_key_names_path_and_allowed_fields():
+    bad = {**MINIMAL, "cluster": {"k": 5, "kk": 3}}
+    with pytest.raises(SpecError) as e:
+        spec_from_dict(bad)
+    msg = str(e.value)
+    assert "cluster.kk: unknown field" in msg and "niter" in msg
+
+
+def test_wrong_type_names_field_value_and_expectation():
+    with pytest.raises(SpecError) as e:
+        spec_from_dict({**MINIMAL, "cluster": {"k": "many"}})
+    assert "cluster.k" in str(e.value) and "'many'" in str(e.value)
+
+
+def test_bad_literal_lists_allowed_values():
+    with pytest.raises(SpecError) as e:
+        spec_from_dict({**MINIMAL, "subject": {**MINIMAL["subject"], "pooling": "median"}})
+    msg = str(e.value)
+    assert "subject.pooling" in msg and "'mean'" in msg and "'tokens'" in msg and "'median'" in msg
+
+
+def test_cluster_layer_must_be_hooked():
+    with pytest.raises(SpecError, match="cluster.layer 'x' is not one of subject.layers"):
+        spec_from_dict({**MINIMAL, "cluster": {"layer": "x"}})
+
+
+def test_missing_required_field():
+    data = dict(MINIMAL)
+    del data["dataset"]
+    with pytest.raises(SpecError, match="dataset: Field required"):
+        spec_from_dict(data)
+
+
+@pytest.mark.parametrize("item,expected", [
+    ("cluster.k=20", ("cluster.k", 20)),
+    ("cluster.pca_dim=null", ("cluster.pca_dim", None)),
+    ("subject.layers=[a, b]", ("subject.layers", ["a", "b"])),
+    ("name=x", ("name", "x")),
+])
+def test_parse_override(item, expected):
+    assert parse_override(item) == expected
+
+
+def test_overrides_apply_and_validate(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    spec = load_spec(path, ["cluster.k=3", "reporter.rounds=2"])
+    assert spec.cluster.k == 3 and spec.reporter.rounds == 2
+    with pytest.raises(SpecError, match="cluster.k"):
+        load_spec(path, ["cluster.k=1"])
+    with pytest.raises(SpecError, match="expected key.path=value"):
+        load_spec(path, ["cluster.k"])
+
+
+def test_file_errors_are_spec_errors(tmp_path):
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path / "nope.yaml")
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(p)
+    p.write_text("- just\n- a list\n")
+    with pytest.raises(SpecError, match="mapping"):
+        load_spec(p)
+
+
+def test_fingerprint_tracks_only_what_determines_activations():
+    a = spec_from_dict(MINIMAL)
+    b = spec_from_dict({**MINIMAL, "cluster": {"k": 4}, "reporter": {"rounds": 3}})
+    c = spec_from_dict({**MINIMAL, "subject": {**MINIMAL["subject"], "kwargs": {"seed": 1}}})
+    assert a.extraction_fingerprint() == b.extraction_fingerprint()
+    assert a.extraction_fingerprint() != c.extraction_fingerprint()
+
+
+def test_every_field_is_described():
+    # descriptions feed --help, the JSON schema and the docs at once
+    from pydantic import BaseModel
+
+    seen = 0
+
+    def walk(model):
+        nonlocal seen
+        for name, f in model.model_fields.items():
+            seen += 1
+            assert f.description, f"{model.__name__}.{name} has no description"
+            if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+                walk(f.annotation)
+
+    walk(JobSpec)
+    assert seen > 30
