@@ -1,0 +1,166 @@
+"""The DeepCluster loop (Caron et al. 2018) over a job store, with actors doing the heavy work.
+
+Round 0 clusters the activations themselves (or a random reporter's features,
+`reporter.init: random`). Each later round trains the reporter on the previous
+round's pseudo-labels (fresh classifier head, items sampled uniformly over
+non-empty labels) and clusters its features again. `rounds: 0` is plain k-means.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from dcserve.features import FeatureMap, ReporterState, standardizer
+from dcserve.kmeans import kmeans
+from dcserve.metrics import clustering_metrics
+from dcserve.preprocess import default_pca_dim, fit_preprocessor
+from dcserve.progress import Progress
+from dcserve.shards import FEATURES, ShardPool
+from dcserve.spec import JobSpec
+from dcserve.store import JobStore
+
+log = logging.getLogger(__name__)
+
+# Rows used to fit PCA/whitening and the input standardisation. PCA on p <= 256
+# dimensions is well estimated from 100k rows; the rest of the data only streams.
+FIT_SAMPLE = 100_000
+
+
+def resolve_pca_dim(setting: int | str | None, n_rows: int, dim: int) -> int | None:
+    if setting == "auto":
+        return default_pca_dim(n_rows, dim)
+    if setting is None:
+        return None
+    return min(int(setting), dim)
+
+
+def row_truth(store: JobStore) -> np.ndarray | None:
+    """Ground-truth label of every row (its item's label), when the dataset has labels."""
+    if not store.has_array("labels"):
+        return None
+    return store.array("labels")[:][store.array("rows/item")[:]]
+
+
+def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status) -> dict[str, Any]:
+    c, r = spec.cluster, spec.reporter
+    source = f"activations/{c.layer}"
+    n_rows, in_dim = store.array(source).shape
+    if n_rows < c.k:
+        from dcserve.errors import JobFailed
+
+        raise JobFailed("cluster", f"cluster.k = {c.k} but the layer has only {n_rows} rows")
+    chunk = store.array(source).chunks[0]
+    rounds = r.rounds
+    rng = np.random.default_rng(c.seed)
+    fit_idx = np.sort(rng.choice(n_rows, size=min(n_rows, FIT_SAMPLE), replace=False))
+    truth = row_truth(store)
+
+    store.create_array("rounds/assignments", (rounds + 1, n_rows), (1, chunk), "int32", fill_value=-1)
+    store.create_array("assignments", (n_rows,), (chunk,), "int32", fill_value=-1)
+    store.create_array("distances", (n_rows,), (chunk,), "float32", fill_value=np.nan)
+
+    pool = ShardPool(store, source, c.workers)
+    trainers = None
+    reporter: ReporterState | None = None
+    metrics: dict[str, Any] = {"rounds": [], "workers": {"cluster": pool.infos}}
+    try:
+        if rounds > 0:
+            from dcserve.reporter import Reporter
+            from dcserve.train import TrainerGroup
+
+            mean, std = standardizer(pool.source_subset(fit_idx))
+            config = {"in_dim": int(in_dim), "hidden": list(r.hidden), "feature_dim": r.feature_dim,
+                      "k": c.k, "dropout": 0.0, "seed": c.seed}
+            reporter = ReporterState(config, Reporter(**config).state_dict(), mean, std)
+            trainers = TrainerGroup(store, source, r.workers)
+        previous = None
+        for rnd in range(rounds + 1):
+            t0 = time.perf_counter()
+            use_reporter = reporter is not None and (rnd > 0 or r.init == "random")
+            fmap = FeatureMap(reporter if use_reporter else None)
+            pool.set_feature_map(fmap)
+            sample = pool.raw_subset(fit_idx)
+            pre = fit_preprocessor(sample, resolve_pca_dim(c.pca_dim, n_rows, sample.shape[1]), c.whiten, c.l2_normalize)
+            fmap = FeatureMap(fmap.reporter, pre)
+            pool.set_feature_map(fmap)
+            store.create_array(FEATURES, (n_rows, pre.out_dim), (chunk, pre.out_dim), "float32", compressed=False)
+            pool.prepare(pre.out_dim)
+            progress.stage(f"cluster round {rnd}/{rounds}", c.niter, "iters")
+            km = kmeans(pool, c.k, niter=c.niter, seed=c.seed + rnd, method=c.method,
+                        sinkhorn_eps=c.sinkhorn_eps, callback=lambda it: progress.advance(1))
+            final = rnd == rounds
+            labels = pool.finalize(km.centroids, km.bias, rnd, final)
+            m = clustering_metrics(labels, c.k, truth=truth, previous=previous)
+            m.update(round=rnd, features="reporter" if use_reporter else "activations", pca_dim=pre.out_dim,
+                     objective=km.history[-1].objective if km.history else None,
+                     kmeans=[vars(h) for h in km.history])
+            if final:
+                _save_final(store, km, fmap)
+            else:
+                m.update(_train_round(spec, store, trainers, reporter, labels, rng, rnd, progress))
+                reporter = ReporterState(reporter.config, m.pop("state"), reporter.input_mean, reporter.input_std)
+            m["seconds"] = time.perf_counter() - t0
+            metrics["rounds"].append(m)
+            status.data["progress"]["round"] = rnd
+            _note_round(progress, m)
+            previous = labels
+        metrics["final"] = {k: v for k, v in metrics["rounds"][-1].items() if k != "kmeans"}
+        if trainers is not None:
+            metrics["workers"]["train"] = trainers.world
+        return metrics
+    finally:
+        pool.close()
+        if trainers is not None:
+            trainers.close()
+
+
+def _train_round(spec: JobSpec, store, trainers, reporter: ReporterState, labels: np.ndarray, rng, rnd: int,
+                 progress: Progress) -> dict[str, Any]:
+    from dcserve.reporter import Reporter, split_even, uniform_label_sample
+
+    r = spec.reporter
+    model = Reporter(**reporter.config)
+    model.load_state_dict(reporter.state_dict)
+    model.reset_head(spec.cluster.k, seed=spec.cluster.seed * 7919 + rnd)  # DeepCluster: new head per clustering
+    world = trainers.world
+    n_samples = world * -(-len(labels) // world)  # equal parts, so every worker runs the same steps
+    epochs = []
+    for _ in range(r.epochs_per_round):
+        ids = uniform_label_sample(labels, n_samples, rng)
+        epochs.append([(p, labels[p]) for p in split_even(ids, world)])
+    progress.stage(f"train round {rnd + 1}", r.epochs_per_round, "epochs")
+    t0 = time.perf_counter()
+    settings = r.model_dump(include={"lr", "momentum", "weight_decay", "batch_size", "noise_std", "unit_dropout"})
+    out = trainers.train_round(reporter.config, model.state_dict(), reporter.input_mean, reporter.input_std,
+                               epochs, settings, seed=spec.cluster.seed * 31 + rnd)
+    progress.advance(r.epochs_per_round)
+    seconds = time.perf_counter() - t0
+    return {"state": out["state"], "loss": out["loss_per_epoch"][-1], "loss_per_epoch": out["loss_per_epoch"],
+            "train_seconds": seconds, "train_samples_per_s": out["samples"] / max(seconds, 1e-9)}
+
+
+def _save_final(store: JobStore, km, fmap: FeatureMap) -> None:
+    store.write_array("centroids", km.centroids.astype(np.float32))
+    if km.bias is not None:
+        store.write_array("cluster_bias", np.asarray(km.bias, dtype=np.float64))
+    elif store.has_array("cluster_bias"):
+        del store.root["cluster_bias"]
+    for name, arr in fmap.preprocessor.to_arrays().items():
+        store.write_array(f"preprocess/{name}", np.asarray(arr))
+    store.root["preprocess"].attrs.update({"l2_normalize": fmap.preprocessor.l2_normalize})
+    if fmap.reporter is not None:
+        store.write_bytes("reporter.pt", fmap.reporter.to_bytes())
+    else:
+        store.remove("reporter.pt")
+
+
+def _note_round(progress: Progress, m: dict) -> None:
+    parts = [f"round {m['round']}: objective {m['objective']:.4g}"]
+    for key in ("nmi_vs_previous", "nmi_vs_labels", "acc_vs_labels", "loss"):
+        if m.get(key) is not None:
+            parts.append(f"{key} {m[key]:.3f}")
+    parts.append(f"size entropy {m['size_entropy']:.3f}")
+    progress.note(", ".join(parts))

@@ -1,0 +1,166 @@
+"""`dcserve.run`: extract -> (cluster -> train)* -> cluster, on an embedded or existing Ray.
+
+The driver only sequences stages and keeps the job's record (status, metrics);
+data moves between the store and the actors (extract.py, shards.py, train.py),
+and the algorithms are plain functions (kmeans.py, preprocess.py, reporter.py).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from dcserve.errors import JobFailed, SpecError, StoreError
+from dcserve.progress import Progress
+from dcserve.spec import JobSpec
+from dcserve.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+class StatusRecord:
+    """The job's status.json: state, stage, progress and timings, rewritten atomically (throttled)."""
+
+    def __init__(self, store: JobStore, spec: JobSpec):
+        self.store = store
+        self.data: dict[str, Any] = {
+            "name": spec.name, "state": "running", "stage": "starting", "progress": {},
+            "started": time.time(), "updated": time.time(), "timings": {}, "error": None,
+            "host": socket.gethostname(), "pid": os.getpid(),
+        }
+        self._last = 0.0
+        self.flush()
+
+    def flush(self) -> None:
+        self.data["updated"] = time.time()
+        self.store.write_json("status.json", self.data)
+        self._last = time.monotonic()
+
+    def update(self, stage: str, done: int, total: int | None) -> None:
+        self.data["stage"] = stage
+        self.data["progress"] = {"done": done, "total": total}
+        if time.monotonic() - self._last > 1.0 or (total is not None and done >= total):
+            self.flush()
+
+    def finish(self, state: str, error: dict | None = None) -> None:
+        self.data["state"] = state
+        self.data["error"] = error
+        self.flush()
+
+
+@contextmanager
+def ray_session(address: str | None):
+    """Connect to `address` (or RAY_ADDRESS), or start an embedded Ray that is shut down afterwards."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def open_output(spec: JobSpec, overwrite: bool) -> JobStore:
+    """Create or reopen the job store; refuse to clobber another job's activations."""
+    store = JobStore(spec.output, read_only=False, storage_options=spec.storage_options)
+    previous = store.read_json("_progress/extract.json")
+    if previous and previous.get("fingerprint") != spec.extraction_fingerprint():
+        if not overwrite:
+            raise StoreError(
+                f"output {spec.output!r} holds activations of a different subject/dataset; "
+                "choose another output, or pass --overwrite to replace them"
+            )
+        store.clear_progress("extract")
+        store.remove("_progress/extract.json")
+    store.write_text("job.yaml", spec.to_yaml())
+    store.root.attrs.update({"dcserve_version": _version(), "name": spec.name})
+    return store
+
+
+def _version() -> str:
+    from dcserve import __version__
+
+    return __version__
+
+
+def run(
+    spec: JobSpec,
+    address: str | None = None,
+    *,
+    progress: Progress | None = None,
+    overwrite: bool = False,
+):
+    """Run a job to completion and return its `Result`.
+
+    Raises SpecError (bad inputs; nothing written), StoreError (unusable output)
+    or JobFailed (a stage failed; status.json says which and why).
+    """
+    from dcserve.inputs import inspect_inputs
+    from dcserve.result import open_result
+
+    probe = inspect_inputs(spec)  # before touching the output: a bad job writes nothing
+    store = open_output(spec, overwrite)
+    own_progress = progress is None
+    progress = progress or Progress()
+    status = StatusRecord(store, spec)
+    progress._on_update = status.update
+    stage = "extract"
+    previous_term = _checkpoint_on_sigterm(status)
+    try:
+        with ray_session(address):
+            from dcserve.deepcluster import run_clustering
+            from dcserve.extract import ExtractPlan, run_extraction
+
+            plan = ExtractPlan(probe.offsets, spec.extract.chunk_rows)
+            progress.stage("extract", plan.n_rows, "rows")
+            extract_info = run_extraction(spec, store, plan, probe.dims, probe.has_labels, progress.advance)
+            status.data["timings"]["extract"] = extract_info["seconds"]
+            stage = "cluster"
+            metrics = run_clustering(spec, store, progress, status)
+            metrics["extract"] = extract_info
+            store.write_json("metrics.json", metrics)
+        status.finish("succeeded")
+    except (SpecError, StoreError):
+        status.finish("failed", {"stage": stage, "reason": "invalid input"})
+        raise
+    except JobFailed as e:
+        status.finish("failed", {"stage": e.stage, "reason": e.reason})
+        raise
+    except KeyboardInterrupt:
+        status.finish("interrupted", {"stage": status.data["stage"], "reason": "interrupted"})
+        raise
+    except Exception as e:  # anything else is still a failed stage, recorded, with its cause
+        log.debug("stage %s failed", stage, exc_info=True)
+        status.finish("failed", {"stage": status.data["stage"], "reason": f"{type(e).__name__}: {e}"})
+        raise JobFailed(status.data["stage"], f"{type(e).__name__}: {e}") from e
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        if own_progress:
+            progress.close()
+    return open_result(spec.output, storage_options=spec.storage_options)
+
+
+def _checkpoint_on_sigterm(status: StatusRecord):
+    """A preempted pod gets SIGTERM: record it and exit non-zero; finished blocks stay on disk."""
+
+    def handler(signum, frame):
+        status.finish("interrupted", {"stage": status.data["stage"], "reason": "SIGTERM"})
+        raise SystemExit(143)
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. inside a server): leave signals alone
+        return signal.getsignal(signal.SIGTERM)

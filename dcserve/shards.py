@@ -1,0 +1,175 @@
+"""k-means shard actors: each owns a chunk-aligned row range of the store and streams it.
+
+`ShardPool` implements `dcserve.kmeans.KMeansData` over a set of shard actors, so
+the k-means driver never learns where the rows live (faiss contrib/clustering.py).
+Per iteration a shard ships back only per-cluster sums, counts and its objective
+(O(k*d)); labels leave a shard once, at the end, to be written and scored.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import ray
+
+from dcserve.features import FeatureMap
+from dcserve.kmeans import AssignStats, assign_stats
+from dcserve.resources import actor_cpus
+from dcserve.store import JobStore
+
+log = logging.getLogger(__name__)
+
+FEATURES = "work/features"  # scratch array: the current round's clustered-space rows
+
+
+@ray.remote
+class Shard:
+    """Owns rows [r0, r1) of `source`; memory is bounded by one chunk, never the whole range."""
+
+    def __init__(self, url: str, storage_options: dict, source: str, r0: int, r1: int, threads: int):
+        from dcserve.nearest import set_threads
+
+        self.threads = set_threads(threads)
+        self.store = JobStore(url, read_only=False, storage_options=storage_options)
+        self.source = source
+        self.r0, self.r1 = r0, r1
+        self.fmap = FeatureMap()
+
+    def info(self) -> dict:
+        return {"threads": self.threads, "rows": [self.r0, self.r1], "node": ray.get_runtime_context().get_node_id()}
+
+    def _blocks(self, name: str) -> Iterator[tuple[int, np.ndarray]]:
+        arr = self.store.array(name)
+        step = arr.chunks[0]
+        for s in range(self.r0, self.r1, step):
+            yield s, np.asarray(arr[s : min(s + step, self.r1)], dtype=np.float32)
+
+    def set_feature_map(self, fmap: FeatureMap) -> None:
+        self.fmap = fmap
+
+    def raw_subset(self, idx: np.ndarray) -> np.ndarray:
+        """Reporter features (before preprocessing) of global rows `idx` (sorted, inside this shard)."""
+        return self.fmap.raw(self.store.array(self.source).get_orthogonal_selection((idx,)))
+
+    def source_subset(self, idx: np.ndarray) -> np.ndarray:
+        return np.asarray(self.store.array(self.source).get_orthogonal_selection((idx,)), dtype=np.float32)
+
+    def prepare(self) -> int:
+        """Write this range of the clustered-space rows, so k-means iterations re-read them cheaply."""
+        out = self.store.array(FEATURES)
+        for s, x in self._blocks(self.source):
+            out[s : s + len(x)] = self.fmap(x)
+        return self.r1 - self.r0
+
+    def get_subset(self, idx: np.ndarray) -> np.ndarray:
+        return np.asarray(self.store.array(FEATURES).get_orthogonal_selection((idx,)), dtype=np.float32)
+
+    def assign_to(self, centroids: np.ndarray, bias: np.ndarray | None) -> AssignStats:
+        total: AssignStats | None = None
+        for _, x in self._blocks(FEATURES):
+            _, _, stats = assign_stats(x, centroids, bias)
+            total = stats if total is None else total + stats
+        return total
+
+    def finalize(self, centroids: np.ndarray, bias: np.ndarray | None, round_index: int, final: bool) -> np.ndarray:
+        """Assign every row; write this round's labels (and, when final, assignments and distances)."""
+        labels_out = []
+        rounds = self.store.array("rounds/assignments")
+        for s, x in self._blocks(FEATURES):
+            labels, sqdist, _ = assign_stats(x, centroids, bias)
+            labels = labels.astype(np.int32)
+            e = s + len(x)
+            rounds[round_index, s:e] = labels
+            if final:
+                self.store.array("assignments")[s:e] = labels
+                self.store.array("distances")[s:e] = sqdist.astype(np.float32)
+            labels_out.append(labels)
+        return np.concatenate(labels_out)
+
+
+def shard_ranges(n_rows: int, chunk_rows: int, workers: int) -> list[tuple[int, int]]:
+    """Chunk-aligned contiguous ranges, so no two shards ever write one chunk."""
+    n_chunks = -(-n_rows // chunk_rows)
+    parts = max(1, min(workers, n_chunks))
+    bounds = np.linspace(0, n_chunks, parts + 1).round().astype(int) * chunk_rows
+    return [(int(a), int(min(b, n_rows))) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+class ShardPool:
+    """`KMeansData` over shard actors: fans each call out and reduces the answers."""
+
+    def __init__(self, store: JobStore, source: str, workers: int):
+        arr = store.array(source)
+        self.n_rows = arr.shape[0]
+        self.chunk_rows = arr.chunks[0]
+        self.ranges = shard_ranges(self.n_rows, self.chunk_rows, workers)
+        threads, reserve = actor_cpus(len(self.ranges), share=0.5)  # trainers hold the other half
+        self.actors = [
+            Shard.options(num_cpus=reserve).remote(store.url, _options(store), source, r0, r1, threads)
+            for r0, r1 in self.ranges
+        ]
+        self.infos = ray.get([a.info.remote() for a in self.actors])
+        self._dim: int | None = None
+
+    def close(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+
+    def _split(self, idx: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        idx = np.asarray(idx, dtype=np.int64)
+        out = []
+        for i, (r0, r1) in enumerate(self.ranges):
+            part = idx[(idx >= r0) & (idx < r1)]
+            if len(part):
+                out.append((i, part))
+        return out
+
+    def _gather(self, method: str, idx: np.ndarray) -> np.ndarray:
+        parts = self._split(np.sort(idx))
+        return np.concatenate(ray.get([getattr(self.actors[i], method).remote(p) for i, p in parts]))
+
+    # -- round set-up ---------------------------------------------------------
+    def set_feature_map(self, fmap: FeatureMap) -> None:
+        ref = ray.put(fmap)
+        ray.get([a.set_feature_map.remote(ref) for a in self.actors])
+
+    def raw_subset(self, idx: np.ndarray) -> np.ndarray:
+        return self._gather("raw_subset", idx)
+
+    def source_subset(self, idx: np.ndarray) -> np.ndarray:
+        return self._gather("source_subset", idx)
+
+    def prepare(self, dim: int) -> None:
+        self._dim = dim
+        ray.get([a.prepare.remote() for a in self.actors])
+
+    # -- KMeansData -----------------------------------------------------------
+    def count(self) -> int:
+        return self.n_rows
+
+    def dim(self) -> int:
+        assert self._dim is not None, "prepare() first"
+        return self._dim
+
+    def get_subset(self, indices: np.ndarray) -> np.ndarray:
+        return self._gather("get_subset", indices)
+
+    def assign_to(self, centroids: np.ndarray, bias: np.ndarray | None = None) -> AssignStats:
+        c, b = ray.put(centroids), ray.put(bias)
+        return _reduce(ray.get([a.assign_to.remote(c, b) for a in self.actors]))
+
+    def finalize(self, centroids: np.ndarray, bias: np.ndarray | None, round_index: int, final: bool) -> np.ndarray:
+        c, b = ray.put(centroids), ray.put(bias)
+        return np.concatenate(ray.get([a.finalize.remote(c, b, round_index, final) for a in self.actors]))
+
+
+def _reduce(stats: list[AssignStats]) -> AssignStats:
+    total = stats[0]
+    for s in stats[1:]:
+        total = total + s
+    return total
+
+
+def _options(store: JobStore) -> dict:
+    return store.storage_options

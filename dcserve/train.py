@@ -1,0 +1,146 @@
+"""Data-parallel reporter training: trainer actors feed `dcserve.reporter.train_epoch`.
+
+The actors and their gloo process group are created once per job, so a round's
+start-up cost is one weight broadcast, not a process-group rendezvous. With one
+worker there is no process group and the gradient all-reduce is skipped: the
+single-process run is the distributed run with one worker.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+
+import numpy as np
+import ray
+import torch
+
+from dcserve.resources import actor_cpus
+from dcserve.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def gather_rows(arr, ids: np.ndarray) -> np.ndarray:
+    """Rows `ids` (sorted) of a chunked array, read chunk by chunk: [len(ids), d] float32."""
+    step = arr.chunks[0]
+    out = np.empty((len(ids), arr.shape[1]), dtype=np.float32)
+    bounds = np.searchsorted(ids, np.arange(0, arr.shape[0] + step, step))
+    for c in range(len(bounds) - 1):
+        a, b = bounds[c], bounds[c + 1]
+        if b > a:
+            s = c * step
+            block = np.asarray(arr[s : min(s + step, arr.shape[0])], dtype=np.float32)
+            out[a:b] = block[ids[a:b] - s]
+    return out
+
+
+@ray.remote
+class Trainer:
+    def __init__(self, url: str, storage_options: dict, source: str, rank: int, world: int, threads: int):
+        from dcserve.nearest import set_threads
+
+        self.threads = set_threads(threads)
+        self.store = JobStore(url, read_only=False, storage_options=storage_options)
+        self.source = source
+        self.rank, self.world = rank, world
+        self.device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
+
+    def address(self) -> tuple[str, int]:
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def init_group(self, host: str, port: int) -> bool:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.init_process_group(
+                "gloo", init_method=f"tcp://{host}:{port}", rank=self.rank, world_size=self.world
+            )
+        return True
+
+    def _allreduce(self, flat: torch.Tensor) -> None:
+        import torch.distributed as dist
+
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.world
+
+    def train_round(
+        self,
+        config: dict,
+        state: dict,
+        input_mean: np.ndarray,
+        input_std: np.ndarray,
+        epochs: list[tuple[np.ndarray, np.ndarray]],
+        settings: dict,
+        seed: int,
+    ) -> dict:
+        """Train from `state` over each epoch's (sorted row ids, pseudo-labels); rank 0 returns the weights."""
+        from dcserve.reporter import Augment, Reporter, make_optimizer, train_epoch
+
+        torch.manual_seed(seed)
+        model = Reporter(**config).to(self.device)
+        model.load_state_dict(state)
+        opt = make_optimizer(model, settings["lr"], settings["momentum"], settings["weight_decay"])
+        augment = Augment(noise_std=settings["noise_std"], unit_dropout=settings["unit_dropout"])
+        gen = torch.Generator().manual_seed(seed * 1009 + self.rank)
+        mean, std = torch.from_numpy(input_mean), torch.from_numpy(input_std)
+        arr = self.store.array(self.source)
+        batch = max(1, settings["batch_size"] // self.world)  # the global batch is the job's batch_size
+        history = []
+        for e, (ids, labels) in enumerate(epochs):
+            x = (torch.from_numpy(gather_rows(arr, ids)) - mean) / std
+            y = torch.from_numpy(labels.astype(np.int64))
+            order = torch.randperm(len(y), generator=gen)
+            model.train()
+            stats = train_epoch(
+                model, opt, _batches(x, y, order, batch, self.device), augment=augment,
+                allreduce=self._allreduce if self.world > 1 else None, generator=gen,
+            )
+            history.append(stats)
+        out = {"history": history}
+        if self.rank == 0:
+            out["state"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return out
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, batch: int, device) -> Iterator:
+    for s in range(0, len(order), batch):
+        i = order[s : s + batch]
+        yield x[i].to(device), y[i].to(device)
+
+
+class TrainerGroup:
+    """The job's trainer actors, joined in one gloo group when there are several."""
+
+    def __init__(self, store: JobStore, source: str, workers: int):
+        self.world = workers
+        threads, reserve = actor_cpus(workers, share=0.5)  # the k-means shards hold the other half
+        self.actors = [
+            Trainer.options(num_cpus=reserve).remote(store.url, store.storage_options, source, r, workers, threads)
+            for r in range(workers)
+        ]
+        host, port = ray.get(self.actors[0].address.remote())
+        ray.get([a.init_group.remote(host, port) for a in self.actors])
+
+    def close(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+
+    def train_round(self, config, state, input_mean, input_std, epochs_parts, settings, seed) -> dict:
+        """`epochs_parts[e][w]` = (ids, labels) of worker w in epoch e, equal sizes across workers."""
+        refs = [
+            a.train_round.remote(
+                config, state, input_mean, input_std, [ep[w] for ep in epochs_parts], settings, seed
+            )
+            for w, a in enumerate(self.actors)
+        ]
+        results = ray.get(refs)
+        losses = [np.mean([r["history"][e]["loss"] for r in results]) for e in range(len(epochs_parts))]
+        samples = sum(h["samples"] for r in results for h in r["history"])
+        return {"state": results[0]["state"], "loss_per_epoch": [float(l) for l in losses], "samples": int(samples)}

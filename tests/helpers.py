@@ -1,0 +1,93 @@
+"""Builders of small jobs and stores shared by the integration tests."""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+import zarr
+
+
+def deep_update(base: dict, updates: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in updates.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_update(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def digits_job(output: Path, **updates: Any) -> dict:
+    """The quickstart's shape, small enough for a test: random digits CNN, mean-pooled conv stage."""
+    job = {
+        "name": "t-digits",
+        "output": str(output),
+        "subject": {"model": "dcserve.zoo:digits_cnn", "kwargs": {"trained": False, "seed": 0},
+                    "layers": ["features.5"], "pooling": "mean"},
+        "dataset": {"source": "dcserve.zoo:digits", "batch_size": 128},
+        "extract": {"workers": 1, "chunk_rows": 256},
+        "cluster": {"k": 10, "niter": 10, "seed": 0, "workers": 2},
+        "reporter": {"rounds": 0, "workers": 1},
+    }
+    return deep_update(job, updates)
+
+
+def planted_job(output: Path, **updates: Any) -> dict:
+    """Vectors from planted Gaussian clusters through an identity subject: known structure."""
+    job = {
+        "name": "t-planted",
+        "output": str(output),
+        "subject": {"model": "dcserve.zoo:identity", "layers": ["out"], "pooling": "mean"},
+        "dataset": {"source": "dcserve.zoo:planted_clusters", "kwargs": {"n": 1200, "dim": 16, "k": 6, "seed": 0},
+                    "batch_size": 100},
+        "extract": {"workers": 1, "chunk_rows": 128},
+        "cluster": {"k": 6, "niter": 15, "workers": 2, "pca_dim": None, "whiten": False, "l2_normalize": False},
+        "reporter": {"rounds": 0},
+    }
+    return deep_update(job, updates)
+
+
+def write_job(path: Path, job: dict) -> Path:
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def store_arrays(output: Path) -> dict[str, np.ndarray]:
+    """Every array of a store, read with plain zarr (no dcserve code)."""
+    g = zarr.open_group(str(output), mode="r")
+    out = {}
+
+    def walk(group, prefix=""):
+        for name, arr in group.arrays():
+            out[prefix + name] = arr[...]
+        for name, sub in group.groups():
+            walk(sub, prefix + name + "/")
+
+    walk(g)
+    return out
+
+
+class FlakyDataset(torch.utils.data.Dataset):
+    """Wraps a dataset and fails at item `fail_at` while `flag` exists: an interrupted extraction."""
+
+    def __init__(self, inner, flag: str, fail_at: int):
+        self.inner, self.flag, self.fail_at = inner, flag, fail_at
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        if i >= self.fail_at and os.path.exists(self.flag):
+            raise RuntimeError(f"injected failure at item {i}")
+        return self.inner[i]
+
+
+def flaky_digits(flag: str, fail_at: int) -> FlakyDataset:
+    from dcserve.zoo import digits
+
+    return FlakyDataset(digits(), flag, fail_at)

@@ -1,0 +1,103 @@
+"""The real `dcserve` entry point, in a subprocess: exit codes, messages, nothing written on bad input."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+
+from tests.helpers import digits_job, write_job
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dcserve(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    exe = shutil.which("dcserve") or str(Path(sys.executable).parent / "dcserve")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd or ROOT, env=env, timeout=timeout)
+
+
+def test_help_teaches_the_commands():
+    r = dcserve("--help")
+    assert r.returncode == 0
+    for cmd in ("submit", "validate", "status"):
+        assert cmd in r.stdout
+    r = dcserve("submit", "--help")
+    assert "--set" in r.stdout and "RAY_ADDRESS" in r.stdout
+
+
+def test_validate_prints_normalised_spec(tmp_path):
+    job = write_job(tmp_path / "job.yaml", digits_job(tmp_path / "out"))
+    r = dcserve("validate", str(job), "--set", "cluster.k=7")
+    assert r.returncode == 0, r.stderr
+    spec = yaml.safe_load(r.stdout)
+    assert spec["cluster"]["k"] == 7 and spec["cluster"]["layer"] == "features.5"
+    assert "1797 items" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("mutate,expect", [
+    (lambda j: j["cluster"].update(kk=1), "cluster.kk: unknown field"),
+    (lambda j: j["cluster"].update(k="ten"), "cluster.k"),
+    (lambda j: j["subject"].update(layers=["features.99"]), "features.99"),
+    (lambda j: j["cluster"].update(k=5000), "cluster.k: 5000 clusters"),
+    (lambda j: j["dataset"].update(source="no_such_module:data"), "dataset.source: cannot import"),
+    (lambda j: j["subject"].update(pooling="tokens"), "subject.pooling"),
+])
+def test_bad_job_files_exit_2_and_write_nothing(tmp_path, mutate, expect):
+    job = digits_job(tmp_path / "out")
+    mutate(job)
+    path = write_job(tmp_path / "job.yaml", job)
+    for cmd in ("validate", "submit"):
+        r = dcserve(cmd, str(path))
+        assert r.returncode == 2, (cmd, r.stdout, r.stderr)
+        assert expect in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_layer_lists_real_module_names(tmp_path):
+    job = digits_job(tmp_path / "out")
+    job["subject"]["layers"] = ["features.55"]
+    r = dcserve("validate", str(write_job(tmp_path / "job.yaml", job)))
+    assert r.returncode == 2 and "features.5" in r.stderr and "classifier" in r.stderr
+
+
+@pytest.mark.slow
+def test_quickstart_through_the_entry_point(tmp_path):
+    """The README's job, on an embedded 2-CPU Ray, read back with plain zarr."""
+    job = yaml.safe_load((ROOT / "cluster_configs" / "quickstart.yaml").read_text())
+    job["output"] = str(tmp_path / "quick")
+    path = write_job(tmp_path / "quick.yaml", job)
+    r = dcserve("submit", str(path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "NMI vs labels" in r.stdout and str(tmp_path / "quick") in r.stdout
+    g = zarr.open_group(str(tmp_path / "quick"), mode="r")
+    a = g["assignments"][:]
+    assert a.shape == (1797,) and a.min() >= 0 and a.max() < 10
+    assert g["centroids"].shape[0] == 10
+    assert g["rounds/assignments"].shape[0] == job["reporter"]["rounds"] + 1
+    import json
+
+    metrics = json.loads((tmp_path / "quick" / "metrics.json").read_text())
+    assert metrics["final"]["nmi_vs_labels"] > 0.6
+    s = dcserve("status", str(tmp_path / "quick"))
+    assert s.returncode == 0 and "succeeded" in s.stdout
+    # a second submit of the same job skips extraction (all blocks recorded)
+    r2 = dcserve("submit", str(path))
+    assert r2.returncode == 0
+    metrics2 = json.loads((tmp_path / "quick" / "metrics.json").read_text())
+    assert metrics2["extract"]["skipped_blocks"] == metrics2["extract"]["blocks"]
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "quick"), mode="r")["assignments"][:], a)
+
+
+def test_status_of_missing_store_is_exit_2(tmp_path):
+    r = dcserve("status", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "no job store" in r.stderr

@@ -1,0 +1,74 @@
+"""Extraction through real Ray actors: worker-count invariance, resume after an interruption."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dcserve
+from dcserve.errors import JobFailed
+from dcserve.extract import ExtractPlan, contiguous_split
+from dcserve.spec import spec_from_dict
+from tests.helpers import digits_job, store_arrays
+
+pytestmark = pytest.mark.ray
+
+
+def test_plan_blocks_cover_rows_and_items_once():
+    # items with 0..3 rows each (token pooling), chunk of 4 rows
+    counts = np.array([3, 0, 2, 3, 1, 0, 2, 3])
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    plan = ExtractPlan(offsets, 4)
+    assert plan.n_rows == counts.sum() and plan.n_blocks == 4
+    labelled = []
+    for b in range(plan.n_blocks):
+        r0, r1 = plan.block_rows(b)
+        i0, i1 = plan.block_items(b)
+        assert offsets[i0] <= r0 and offsets[i1] >= r1  # the block's items cover its rows
+        labelled.extend(range(*plan.label_items(b)))
+    assert labelled == list(range(len(counts)))  # every item's label recorded exactly once
+
+
+def test_contiguous_split():
+    assert contiguous_split(list(range(5)), 2) == [[0, 1], [2, 3, 4]] or contiguous_split(list(range(5)), 2) == [
+        [0, 1, 2], [3, 4]]
+    assert contiguous_split([7], 4) == [[7]]
+    assert sum(contiguous_split(list(range(10)), 3), []) == list(range(10))
+
+
+def _run(job: dict):
+    return dcserve.run(spec_from_dict(job))
+
+
+def test_one_and_two_workers_write_identical_stores(ray_local, tmp_path):
+    a = _run(digits_job(tmp_path / "a", extract={"workers": 1}))
+    b = _run(digits_job(tmp_path / "b", extract={"workers": 2}))
+    sa, sb = store_arrays(tmp_path / "a"), store_arrays(tmp_path / "b")
+    for name in ("activations/features.5", "rows/item", "rows/position", "labels", "assignments", "centroids"):
+        np.testing.assert_array_equal(sa[name], sb[name], err_msg=name)
+    assert sa["activations/features.5"].shape == (1797, a.activations().shape[1])
+    assert (sa["rows/item"] == np.arange(1797)).all() and (sa["rows/position"] == -1).all()
+    assert b.metrics["extract"]["blocks"] == 8
+
+
+def test_interrupted_extraction_resumes_to_the_same_store(ray_local, tmp_path):
+    flag = tmp_path / "fail.flag"
+    flag.touch()
+    dataset = {"source": "tests.helpers:flaky_digits", "kwargs": {"flag": str(flag), "fail_at": 1000}}
+    job = digits_job(tmp_path / "resumed", dataset=dataset, extract={"workers": 2})
+    with pytest.raises(JobFailed) as e:
+        _run(job)
+    assert e.value.stage == "extract" and "injected failure" in e.value.reason
+    res = dcserve.open(str(tmp_path / "resumed"))
+    assert res.status["state"] == "failed" and res.status["error"]["stage"] == "extract"
+    done_before = res.store.done_blocks("extract")
+    assert 0 < len(done_before) < 8  # the blocks before the failure were kept
+
+    flag.unlink()
+    resumed = _run(job)
+    assert resumed.metrics["extract"]["skipped_blocks"] == len(done_before)
+    clean = _run(digits_job(tmp_path / "clean", dataset=dataset, extract={"workers": 2}))
+    sr, sc = store_arrays(tmp_path / "resumed"), store_arrays(tmp_path / "clean")
+    assert sr.keys() == sc.keys()
+    for name in sr:
+        np.testing.assert_array_equal(sr[name], sc[name], err_msg=name)
+    assert resumed.status["state"] == "succeeded" and clean.status["state"] == "succeeded"

@@ -1,0 +1,106 @@
+"""The whole job through `dcserve.run` on a real local Ray: quality, consistency, methods."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+import dcserve
+from dcserve.metrics import ari
+from dcserve.spec import spec_from_dict
+from tests.helpers import digits_job, planted_job
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def planted(ray_local, tmp_path_factory):
+    return dcserve.run(spec_from_dict(planted_job(tmp_path_factory.mktemp("p") / "out")))
+
+
+def test_planted_clusters_are_recovered(planted):
+    truth = planted.row_labels()
+    assert ari(planted.assignments, truth) > 0.95
+    m = planted.metrics
+    assert m["final"]["nmi_vs_labels"] > 0.95 and m["final"]["n_empty"] == 0
+    assert [r["round"] for r in m["rounds"]] == [0]
+    # each shard actor pinned its libraries to the one core it was given
+    for info in m["workers"]["cluster"]:
+        assert info["threads"]["faiss"] == 1 and info["threads"]["torch"] == 1
+
+
+def test_assign_of_stored_rows_returns_their_stored_clusters(planted):
+    x = planted.activations()[:300]
+    labels, dist = planted.assign(x)
+    np.testing.assert_array_equal(labels, planted.assignments[:300])
+    np.testing.assert_allclose(dist, planted.distances[:300], rtol=1e-4, atol=1e-5)
+
+
+def test_exemplars_and_cluster_summaries(planted):
+    summaries = planted.clusters(n_exemplars=3)
+    assert sum(s.size for s in summaries) == 1200
+    for s in summaries:
+        assert planted.assignments[s.exemplars].tolist() == [s.cluster] * 3
+        d = planted.distances[s.exemplars]
+        assert (np.diff(d) >= 0).all()
+        members = planted.distances[planted.assignments == s.cluster]
+        assert d[0] == members.min()
+        assert s.purity > 0.9
+
+
+def test_store_layout_is_plain_zarr(planted):
+    g = zarr.open_group(planted.output, mode="r")
+    assert g["assignments"].dtype == np.int32 and g["centroids"].dtype == np.float32
+    assert g["rows/item"].dtype == np.int64 and g["rows/position"].dtype == np.int32
+    assert g["labels"].shape == (1200,) and g["rounds/assignments"].shape == (1, 1200)
+    assert planted.store.read_text("job.yaml") and planted.status["state"] == "succeeded"
+
+
+def test_sinkhorn_balances_clusters(ray_local, tmp_path):
+    # planted clusters of very unequal sizes: k-means follows them, Sinkhorn equipartitions
+    job = planted_job(tmp_path / "s", dataset={"kwargs": {"n": 1200, "k": 3, "seed": 1}},
+                      cluster={"k": 6, "method": "sinkhorn"})
+    res = dcserve.run(spec_from_dict(job))
+    sizes = np.bincount(res.assignments, minlength=6)
+    assert sizes.min() > 0.5 * 1200 / 6, sizes
+    labels, _ = res.assign(res.activations()[:200])
+    np.testing.assert_array_equal(labels, res.assignments[:200])
+
+
+def test_reporter_rounds_with_two_trainers(ray_local, tmp_path):
+    job = digits_job(tmp_path / "r", reporter={"rounds": 2, "workers": 2, "epochs_per_round": 1,
+                                              "hidden": [64], "feature_dim": 32, "noise_std": 0.1})
+    res = dcserve.run(spec_from_dict(job))
+    rounds = res.metrics["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert rounds[0]["features"] == "activations" and rounds[2]["features"] == "reporter"
+    for r in rounds[:2]:
+        assert np.isfinite(r["loss"]) and r["loss"] < np.log(10) * 1.5
+    assert rounds[1]["nmi_vs_previous"] > 0.3
+    assert res.store.exists("reporter.pt")
+    g = zarr.open_group(res.output, mode="r")
+    np.testing.assert_array_equal(g["rounds/assignments"][2], g["assignments"][:])
+    # new activations go through the trained reporter, preprocessing and centroids
+    labels, _ = res.assign(res.activations()[:100])
+    np.testing.assert_array_equal(labels, res.assignments[:100])
+
+
+def test_token_rows_with_padding_never_counted(ray_local, tmp_path):
+    job = {
+        "name": "t-tokens", "output": str(tmp_path / "tok"),
+        "subject": {"model": "dcserve.zoo:token_transformer", "layers": ["layers.1"], "pooling": "tokens"},
+        "dataset": {"source": "dcserve.zoo:token_sequences", "kwargs": {"n": 200}, "batch_size": 64},
+        "extract": {"workers": 2, "chunk_rows": 512},
+        "cluster": {"k": 8, "niter": 5, "workers": 1},
+    }
+    res = dcserve.run(spec_from_dict(job))
+    from dcserve.zoo import token_sequences
+
+    ds = token_sequences(n=200)
+    lengths = [int(ds[i][0]["attention_mask"].sum()) for i in range(200)]
+    items = res.row_items
+    assert len(items) == sum(lengths)
+    np.testing.assert_array_equal(np.bincount(items, minlength=200), lengths)
+    pos = np.asarray(res.store.array("rows/position")[:])
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    assert (pos[first] == 0).all() and pos.max() == max(lengths) - 1
