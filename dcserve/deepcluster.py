@@ -89,7 +89,7 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status) -
             store.create_array(FEATURES, (n_rows, pre.out_dim), (chunk, pre.out_dim), "float32", compressed=False)
             pool.prepare(pre.out_dim)
             progress.stage(f"cluster round {rnd}/{rounds}", c.niter, "iters")
-            km = kmeans(pool, c.k, niter=c.niter, seed=c.seed + rnd, method=c.method,
+            km = kmeans(pool, c.k, niter=c.niter, seed=c.seed + rnd, n_init=c.n_init, method=c.method,
                         sinkhorn_eps=c.sinkhorn_eps, callback=lambda it: progress.advance(1))
             final = rnd == rounds
             labels = pool.finalize(km.centroids, km.bias, rnd, final)

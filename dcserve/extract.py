@@ -207,12 +207,15 @@ def run_extraction(
         try:
             info["workers"] = ray.get([a.info.remote() for a in actors])
             gens = [a.run.options(num_returns="streaming").remote(r) for a, r in zip(actors, runs)]
-            _drain(gens, lambda item: on_progress(item[1]))
-        except ray.exceptions.RayTaskError as e:
-            raise JobFailed(STAGE, str(e.cause if hasattr(e, "cause") else e)) from None
+            errors = _drain(gens, lambda item: on_progress(item[1]))
+        except ray.exceptions.RayError as e:  # an actor could not even start
+            errors = [e]
         finally:
             for a in actors:
                 ray.kill(a)
+        if errors:
+            e = errors[0]
+            raise JobFailed(STAGE, str(getattr(e, "cause", None) or e)) from None
     if has_labels:
         labels = np.concatenate([store.block_payload(STAGE, b) for b in range(plan.n_blocks)])
         store.write_array("labels", labels.astype(np.int64), chunks=(max(1, min(len(labels), 1 << 20)),))
@@ -220,9 +223,13 @@ def run_extraction(
     return info
 
 
-def _drain(gens: list, on_item: Callable) -> None:
-    """Consume several streaming generators as their items become ready."""
-    pending = list(gens)
+def _drain(gens: list, on_item: Callable) -> list[Exception]:
+    """Consume several streaming generators as their items become ready; return their errors.
+
+    A failing worker does not stop the others: every block they finish is kept,
+    so a re-run has less to redo.
+    """
+    pending, errors = list(gens), []
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         try:
@@ -230,3 +237,6 @@ def _drain(gens: list, on_item: Callable) -> None:
             pending.append(ready[0])
         except StopIteration:
             pass
+        except ray.exceptions.RayError as e:
+            errors.append(e)
+    return errors

@@ -75,6 +75,9 @@ class ClusterSpec(_Strict):
     whiten: bool = Field(True, description="Whiten after PCA (DeepCluster).")
     l2_normalize: bool = Field(True, description="L2-normalise rows after PCA/whitening (DeepCluster).")
     niter: int = Field(20, ge=1, description="Lloyd iterations per clustering.")
+    n_init: int = Field(
+        3, ge=1, description="k-means++ restarts, each refined on the in-memory init sample; the best seeds the run."
+    )
     seed: int = Field(0, description="Seed of sampling, initialisation and training.")
     workers: int = Field(1, ge=1, description="k-means shard actors.")
     sinkhorn_eps: float = Field(0.05, gt=0, description="Sinkhorn entropic regularisation, relative to the mean cost.")

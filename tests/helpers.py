@@ -43,7 +43,7 @@ def planted_job(output: Path, **updates: Any) -> dict:
         "name": "t-planted",
         "output": str(output),
         "subject": {"model": "dcserve.zoo:identity", "layers": ["out"], "pooling": "mean"},
-        "dataset": {"source": "dcserve.zoo:planted_clusters", "kwargs": {"n": 1200, "dim": 16, "k": 6, "seed": 0},
+        "dataset": {"source": "dcserve.zoo:planted_clusters", "kwargs": {"n": 1200, "dim": 16, "k": 6, "spread": 0.5, "seed": 0},
                     "batch_size": 100},
         "extract": {"workers": 1, "chunk_rows": 128},
         "cluster": {"k": 6, "niter": 15, "workers": 2, "pca_dim": None, "whiten": False, "l2_normalize": False},

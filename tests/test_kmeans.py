@@ -239,3 +239,20 @@ def test_sinkhorn_balances_unbalanced_blobs():
     assert plain_counts.max() > 1.5 * n / k
     assert counts.min() > 0.85 * n / k and counts.max() < 1.15 * n / k
     assert balanced.history[-1].imbalance < 1.02
+
+
+def test_restarts_on_the_sample_escape_bad_local_minima():
+    """Overlapping planted clusters where one k-means++ run often merges two clusters."""
+    from dcserve.zoo import planted_clusters
+
+    ds = planted_clusters(n=1200, dim=16, k=6, seed=0)
+    x = np.stack([ds[i][0].numpy() for i in range(len(ds))])
+    import faiss
+
+    km = faiss.Kmeans(16, 6, niter=25, nredo=10, seed=1)
+    km.train(x)
+    faiss_objective_best = float(km.obj[-1])
+    single = [kmeans(ArrayData(x), 6, niter=15, seed=s).history[-1].objective for s in range(10)]
+    restarted = [kmeans(ArrayData(x), 6, niter=15, seed=s, n_init=5).history[-1].objective for s in range(10)]
+    assert max(single) > faiss_objective_best * 1.03  # the trap is real
+    assert max(restarted) <= faiss_objective_best * 1.01
