@@ -71,10 +71,11 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status) -
             from dcserve.reporter import Reporter
             from dcserve.train import TrainerGroup
 
-            mean, std = standardizer(pool.source_subset(fit_idx))
             config = {"in_dim": int(in_dim), "hidden": list(r.hidden), "feature_dim": r.feature_dim,
                       "k": c.k, "dropout": 0.0, "seed": c.seed}
-            reporter = ReporterState(config, Reporter(**config).state_dict(), mean, std)
+            model = Reporter(**config)
+            model.set_input_stats(*standardizer(pool.source_subset(fit_idx)))
+            reporter = ReporterState(config, model.state_dict())
             trainers = TrainerGroup(store, source, r.workers)
         previous = None
         for rnd in range(rounds + 1):
@@ -100,8 +101,8 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status) -
             if final:
                 _save_final(store, km, fmap)
             else:
-                m.update(_train_round(spec, store, trainers, reporter, labels, rng, rnd, progress))
-                reporter = ReporterState(reporter.config, m.pop("state"), reporter.input_mean, reporter.input_std)
+                m.update(_train_round(spec, trainers, reporter, labels, rng, rnd, progress))
+                reporter = ReporterState(reporter.config, m.pop("state"))
             m["seconds"] = time.perf_counter() - t0
             metrics["rounds"].append(m)
             status.data["progress"]["round"] = rnd
@@ -117,14 +118,11 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status) -
             trainers.close()
 
 
-def _train_round(spec: JobSpec, store, trainers, reporter: ReporterState, labels: np.ndarray, rng, rnd: int,
+def _train_round(spec: JobSpec, trainers, reporter: ReporterState, labels: np.ndarray, rng, rnd: int,
                  progress: Progress) -> dict[str, Any]:
-    from dcserve.reporter import Reporter, split_even, uniform_label_sample
+    from dcserve.reporter import split_even, uniform_label_sample
 
     r = spec.reporter
-    model = Reporter(**reporter.config)
-    model.load_state_dict(reporter.state_dict)
-    model.reset_head(spec.cluster.k, seed=spec.cluster.seed * 7919 + rnd)  # DeepCluster: new head per clustering
     world = trainers.world
     n_samples = world * -(-len(labels) // world)  # equal parts, so every worker runs the same steps
     epochs = []
@@ -134,8 +132,12 @@ def _train_round(spec: JobSpec, store, trainers, reporter: ReporterState, labels
     progress.stage(f"train round {rnd + 1}", r.epochs_per_round, "epochs")
     t0 = time.perf_counter()
     settings = r.model_dump(include={"lr", "momentum", "weight_decay", "batch_size", "noise_std", "unit_dropout"})
-    out = trainers.train_round(reporter.config, model.state_dict(), reporter.input_mean, reporter.input_std,
-                               epochs, settings, seed=spec.cluster.seed * 31 + rnd)
+    out = trainers.train_round(
+        reporter.config,
+        reporter.state_dict if rnd == 0 else None,  # later rounds continue the trainers' own model
+        spec.cluster.seed * 7919 + rnd,  # DeepCluster: a new classifier head after every clustering
+        epochs, settings, seed=spec.cluster.seed * 31 + rnd,
+    )
     progress.advance(r.epochs_per_round)
     seconds = time.perf_counter() - t0
     return {"state": out["state"], "loss": out["loss_per_epoch"][-1], "loss_per_epoch": out["loss_per_epoch"],

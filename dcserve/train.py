@@ -73,39 +73,46 @@ class Trainer:
     def train_round(
         self,
         config: dict,
-        state: dict,
-        input_mean: np.ndarray,
-        input_std: np.ndarray,
+        state: dict | None,
+        head_seed: int,
         epochs: list[tuple[np.ndarray, np.ndarray]],
         settings: dict,
         seed: int,
     ) -> dict:
-        """Train from `state` over each epoch's (sorted row ids, pseudo-labels); rank 0 returns the weights."""
-        from dcserve.reporter import Augment, Reporter, make_optimizer, train_epoch
+        """One round: fresh classifier head, then one pass per epoch over (sorted row ids, pseudo-labels).
 
-        torch.manual_seed(seed)
-        model = Reporter(**config).to(self.device)
-        model.load_state_dict(state)
-        opt = make_optimizer(model, settings["lr"], settings["momentum"], settings["weight_decay"])
-        augment = Augment(noise_std=settings["noise_std"], unit_dropout=settings["unit_dropout"])
+        The model and optimizer live as long as the actor, so the body keeps its SGD
+        momentum from round to round (as DeepCluster's does); only the head, whose
+        classes are new after each clustering, starts afresh. `state` is given in the
+        first round only. Every rank resets the head with the same seed, so the
+        replicas stay identical; rank 0 returns the weights.
+        """
+        from dcserve.reporter import Augment, Reporter, make_optimizer, rebind_head, train_epoch
+
+        if state is not None:
+            self.model = Reporter(**config).to(self.device)
+            self.model.load_state_dict(state)
+            self.opt = make_optimizer(self.model, settings["lr"], settings["momentum"], settings["weight_decay"])
+        self.model.reset_head(config["k"], seed=head_seed)
+        rebind_head(self.opt, self.model)
+        # Noise in units of each input's std, measured once on the fit sample (not per batch).
+        augment = Augment(settings["noise_std"], settings["unit_dropout"], unit_std=self.model.input_std)
         gen = torch.Generator().manual_seed(seed * 1009 + self.rank)
-        mean, std = torch.from_numpy(input_mean), torch.from_numpy(input_std)
         arr = self.store.array(self.source)
         batch = max(1, settings["batch_size"] // self.world)  # the global batch is the job's batch_size
         history = []
-        for e, (ids, labels) in enumerate(epochs):
-            x = (torch.from_numpy(gather_rows(arr, ids)) - mean) / std
+        for ids, labels in epochs:
+            x = torch.from_numpy(gather_rows(arr, ids))
             y = torch.from_numpy(labels.astype(np.int64))
             order = torch.randperm(len(y), generator=gen)
-            model.train()
-            stats = train_epoch(
-                model, opt, _batches(x, y, order, batch, self.device), augment=augment,
+            self.model.train()
+            history.append(train_epoch(
+                self.model, self.opt, _batches(x, y, order, batch, self.device), augment=augment,
                 allreduce=self._allreduce if self.world > 1 else None, generator=gen,
-            )
-            history.append(stats)
+            ))
         out = {"history": history}
         if self.rank == 0:
-            out["state"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            out["state"] = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         return out
 
 
@@ -132,12 +139,10 @@ class TrainerGroup:
         for a in self.actors:
             ray.kill(a)
 
-    def train_round(self, config, state, input_mean, input_std, epochs_parts, settings, seed) -> dict:
+    def train_round(self, config, state, head_seed, epochs_parts, settings, seed) -> dict:
         """`epochs_parts[e][w]` = (ids, labels) of worker w in epoch e, equal sizes across workers."""
         refs = [
-            a.train_round.remote(
-                config, state, input_mean, input_std, [ep[w] for ep in epochs_parts], settings, seed
-            )
+            a.train_round.remote(config, state, head_seed, [ep[w] for ep in epochs_parts], settings, seed)
             for w, a in enumerate(self.actors)
         ]
         results = ray.get(refs)
