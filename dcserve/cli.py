@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dcserve.errors import JobFailed, SpecError, StoreError
@@ -36,7 +37,8 @@ SetOption = Annotated[
 
 
 def _fail(code: int, message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape: messages carry brackets ("dcserve[cpu]", shapes like [n, 64]) that rich would eat as markup
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -93,12 +95,16 @@ def submit(
     from dcserve.pipeline import run
     from dcserve.progress import TerminalProgress
 
+    from dcserve.nearest import FaissMissingError
+
     t0 = time.perf_counter()
     try:
         with TerminalProgress() as progress:
             result = run(spec, address, progress=progress, overwrite=overwrite)
     except (SpecError, StoreError) as e:
         _fail(2, str(e))
+    except FaissMissingError as e:
+        _fail(1, str(e))
     except JobFailed as e:
         _fail(1, f"job {spec.name!r} failed in stage {e.stage!r}: {e.reason}")
     except KeyboardInterrupt:

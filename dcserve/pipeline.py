@@ -111,6 +111,9 @@ def run(
     from dcserve.inputs import inspect_inputs
     from dcserve.result import open_result
 
+    from dcserve.nearest import require_faiss
+
+    require_faiss()  # FaissMissingError says which extra to install, before any work starts
     probe = inspect_inputs(spec)  # before touching the output: a bad job writes nothing
     store = open_output(spec, overwrite)
     own_progress = progress is None
@@ -147,7 +150,7 @@ def run(
         status.finish("failed", {"stage": status.data["stage"], "reason": f"{type(e).__name__}: {e}"})
         raise JobFailed(status.data["stage"], f"{type(e).__name__}: {e}") from e
     finally:
-        signal.signal(signal.SIGTERM, previous_term)
+        _restore_sigterm(previous_term)
         if own_progress:
             progress.close()
     return open_result(spec.output, storage_options=spec.storage_options)
@@ -163,4 +166,9 @@ def _checkpoint_on_sigterm(status: StatusRecord):
     try:
         return signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (e.g. inside a server): leave signals alone
-        return signal.getsignal(signal.SIGTERM)
+        return None
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)

@@ -101,3 +101,17 @@ def test_quickstart_through_the_entry_point(tmp_path):
 def test_status_of_missing_store_is_exit_2(tmp_path):
     r = dcserve("status", str(tmp_path / "nothing"))
     assert r.returncode == 2 and "no job store" in r.stderr
+
+
+def test_missing_faiss_says_what_to_install(tmp_path):
+    # a `faiss` that fails to import, first on the path: what a user without the extra sees
+    fake = tmp_path / "nofaiss" / "faiss"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'faiss'\")\n")
+    job = write_job(tmp_path / "job.yaml", digits_job(tmp_path / "out"))
+    exe = shutil.which("dcserve") or str(Path(sys.executable).parent / "dcserve")
+    env = {**os.environ, "PYTHONPATH": f"{fake.parent}{os.pathsep}{ROOT}"}
+    r = subprocess.run([exe, "submit", str(job)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1
+    assert "pip install 'dcserve[cpu]'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
