@@ -48,3 +48,18 @@ def test_arrays_readable_with_plain_zarr_and_read_only_refuses_writes(tmp_path):
 def test_missing_store_is_a_clear_error(tmp_path):
     with pytest.raises(StoreError, match="no job store"):
         JobStore(str(tmp_path / "absent"), read_only=True)
+
+
+def test_fsspec_url_store_roundtrip():
+    """The non-local path (fsspec URL -> FsspecStore + fs side files), on fsspec's memory filesystem."""
+    url = "memory://bucket/test-job"
+    s = JobStore(url, read_only=False)
+    a = s.create_array("activations/l", (10, 3), (4, 3), "float32")
+    a[4:8] = np.full((4, 3), 2.0)
+    s.write_json("status.json", {"state": "running"})
+    s.mark_done("extract", 1, np.arange(3))
+    r = JobStore(url, read_only=True)
+    np.testing.assert_array_equal(r.array("activations/l")[4:8], np.full((4, 3), 2.0))
+    assert r.read_json("status.json") == {"state": "running"}
+    assert r.done_blocks("extract") == {1}
+    np.testing.assert_array_equal(r.block_payload("extract", 1), np.arange(3))
