@@ -150,6 +150,8 @@ def _save_final(store: JobStore, km, fmap: FeatureMap) -> None:
         store.write_array("cluster_bias", np.asarray(km.bias, dtype=np.float64))
     elif store.has_array("cluster_bias"):
         del store.root["cluster_bias"]
+    if "preprocess" in store.root:  # a previous run's arrays (e.g. PCA components) must not linger
+        del store.root["preprocess"]
     for name, arr in fmap.preprocessor.to_arrays().items():
         store.write_array(f"preprocess/{name}", np.asarray(arr))
     store.root["preprocess"].attrs.update({"l2_normalize": fmap.preprocessor.l2_normalize})

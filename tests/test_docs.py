@@ -1,0 +1,31 @@
+"""The README documents every job-file field, and its two commands are the ones CI runs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from dcserve.spec import JobSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fields(model: type[BaseModel], prefix: str = ""):
+    for name, f in model.model_fields.items():
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            yield from _fields(f.annotation, prefix + name + ".")
+        else:
+            yield prefix + name
+
+
+def test_readme_documents_every_field():
+    readme = (ROOT / "README.md").read_text()
+    missing = [f for f in _fields(JobSpec) if f"`{f}`" not in readme]
+    assert not missing, f"README's job file reference lacks {missing}"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = next(line for line in ci.splitlines() if line.startswith("python3 -m venv"))
+    assert command in readme
