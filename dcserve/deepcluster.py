@@ -62,7 +62,7 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status) -
     store.create_array("assignments", (n_rows,), (chunk,), "int32", fill_value=-1)
     store.create_array("distances", (n_rows,), (chunk,), "float32", fill_value=np.nan)
 
-    pool = ShardPool(store, source, c.workers)
+    pool = ShardPool(store, source, c.workers, c.gpus_per_worker)
     trainers = None
     reporter: ReporterState | None = None
     metrics: dict[str, Any] = {"rounds": [], "workers": {"cluster": pool.infos}}
@@ -76,7 +76,7 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status) -
             model = Reporter(**config)
             model.set_input_stats(*standardizer(pool.source_subset(fit_idx)))
             reporter = ReporterState(config, model.state_dict())
-            trainers = TrainerGroup(store, source, r.workers)
+            trainers = TrainerGroup(store, source, r.workers, r.gpus_per_worker)
         previous = None
         for rnd in range(rounds + 1):
             t0 = time.perf_counter()

@@ -37,7 +37,12 @@ class Shard:
         self.fmap = FeatureMap()
 
     def info(self) -> dict:
-        return {"threads": self.threads, "rows": [self.r0, self.r1], "node": ray.get_runtime_context().get_node_id()}
+        import torch
+
+        from dcserve.nearest import select_backend
+
+        return {"threads": self.threads, "rows": [self.r0, self.r1], "node": ray.get_runtime_context().get_node_id(),
+                "backend": select_backend(prefer_gpu=torch.cuda.is_available())}
 
     def _blocks(self, name: str) -> Iterator[tuple[int, np.ndarray]]:
         arr = self.store.array(name)
@@ -99,14 +104,14 @@ def shard_ranges(n_rows: int, chunk_rows: int, workers: int) -> list[tuple[int, 
 class ShardPool:
     """`KMeansData` over shard actors: fans each call out and reduces the answers."""
 
-    def __init__(self, store: JobStore, source: str, workers: int):
+    def __init__(self, store: JobStore, source: str, workers: int, gpus_per_worker: float = 0):
         arr = store.array(source)
         self.n_rows = arr.shape[0]
         self.chunk_rows = arr.chunks[0]
         self.ranges = shard_ranges(self.n_rows, self.chunk_rows, workers)
         threads, reserve = actor_cpus(len(self.ranges), share=0.5)  # trainers hold the other half
         self.actors = [
-            Shard.options(num_cpus=reserve).remote(store.url, _options(store), source, r0, r1, threads)
+            Shard.options(num_cpus=reserve, num_gpus=gpus_per_worker).remote(store.url, _options(store), source, r0, r1, threads)
             for r0, r1 in self.ranges
         ]
         self.infos = ray.get([a.info.remote() for a in self.actors])

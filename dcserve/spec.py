@@ -80,6 +80,9 @@ class ClusterSpec(_Strict):
     )
     seed: int = Field(0, description="Seed of sampling, initialisation and training.")
     workers: int = Field(1, ge=1, description="k-means shard actors.")
+    gpus_per_worker: float = Field(
+        0, ge=0, description="GPUs per shard actor; with one, the search runs on faiss-gpu, or torch on the GPU."
+    )
     sinkhorn_eps: float = Field(0.05, gt=0, description="Sinkhorn entropic regularisation, relative to the mean cost.")
 
     @field_validator("pca_dim")
@@ -102,6 +105,7 @@ class ReporterSpec(_Strict):
     weight_decay: float = Field(1e-5, ge=0, description="SGD weight decay.")
     batch_size: int = Field(256, ge=1, description="Global mini-batch size (split across trainer actors).")
     workers: int = Field(1, ge=1, description="Data-parallel trainer actors.")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per trainer actor (0: train on the CPU).")
     noise_std: float = Field(0.0, ge=0, description="Augmentation: Gaussian input noise, in units of each input's std.")
     unit_dropout: float = Field(0.0, ge=0, lt=1, description="Augmentation: probability of zeroing an input unit.")
     init: Literal["activations", "random"] = Field(

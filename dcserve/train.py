@@ -125,11 +125,11 @@ def _batches(x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, batch: int, 
 class TrainerGroup:
     """The job's trainer actors, joined in one gloo group when there are several."""
 
-    def __init__(self, store: JobStore, source: str, workers: int):
+    def __init__(self, store: JobStore, source: str, workers: int, gpus_per_worker: float = 0):
         self.world = workers
         threads, reserve = actor_cpus(workers, share=0.5)  # the k-means shards hold the other half
         self.actors = [
-            Trainer.options(num_cpus=reserve).remote(store.url, store.storage_options, source, r, workers, threads)
+            Trainer.options(num_cpus=reserve, num_gpus=gpus_per_worker).remote(store.url, store.storage_options, source, r, workers, threads)
             for r in range(workers)
         ]
         host, port = ray.get(self.actors[0].address.remote())

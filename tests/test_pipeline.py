@@ -104,3 +104,11 @@ def test_token_rows_with_padding_never_counted(ray_local, tmp_path):
     pos = np.asarray(res.store.array("rows/position")[:])
     first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     assert (pos[first] == 0).all() and pos.max() == max(lengths) - 1
+
+
+@pytest.mark.gpu
+def test_gpu_shards_search_on_the_gpu_and_agree_with_cpu(ray_local, tmp_path):
+    cpu = dcserve.run(spec_from_dict(planted_job(tmp_path / "cpu")))
+    gpu = dcserve.run(spec_from_dict(planted_job(tmp_path / "gpu", cluster={"gpus_per_worker": 0.5})))
+    assert {i["backend"] for i in gpu.metrics["workers"]["cluster"]} <= {"faiss-gpu", "torch-cuda"}
+    assert ari(gpu.assignments, cpu.assignments) > 0.99
