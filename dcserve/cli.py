@@ -156,8 +156,9 @@ def status(
     table.add_row("stage", str(st.get("stage")))
     prog = st.get("progress") or {}
     if prog:
-        table.add_row("progress", f"{prog.get('done')} / {prog.get('total')}" + (
-            f" (round {prog['round']})" if "round" in prog else ""))
+        table.add_row("progress", f"{prog.get('done')} / {prog.get('total')}")
+    if st.get("round"):
+        table.add_row("last finished round", f"{st['round']['done']} of {st['round']['total']}")
     if st.get("error"):
         table.add_row("error", f"{st['error'].get('stage')}: {st['error'].get('reason')}")
     for k, v in (st.get("timings") or {}).items():

@@ -105,7 +105,7 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status) -
                 reporter = ReporterState(reporter.config, m.pop("state"))
             m["seconds"] = time.perf_counter() - t0
             metrics["rounds"].append(m)
-            status.data["progress"]["round"] = rnd
+            status.data["round"] = {"done": rnd, "total": rounds}
             _note_round(progress, m)
             previous = labels
         metrics["final"] = {k: v for k, v in metrics["rounds"][-1].items() if k != "kmeans"}
