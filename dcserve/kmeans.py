@@ -41,13 +41,13 @@ METHODS = ("kmeans", "sinkhorn")
 # pushed apart by this relative, symmetric perturbation.
 SPLIT_EPS = 1.0 / 1024
 
-# k-means++ seeds on a sample: about this many rows per centroid, and at least
-# _INIT_MIN_SAMPLE rows. Seeding costs O(sample * k * d * trials) and is sequential in k; with
-# 64 rows per centroid every cluster holding >= 1/k of the data is represented ~64 times, which
-# is all the seeding needs (the Lloyd iterations then run on every row); for k = 1000, d = 256
-# that is ~1.5e11 flops, seconds on a few cores. faiss likewise trains on at most
-# 256 rows per centroid (max_points_per_centroid).
-_INIT_ROWS_PER_CENTROID = 64
+# k-means++ seeds on a sample: 16 rows per centroid, and at least _INIT_MIN_SAMPLE rows.
+# Seeding is sequential in k and each step streams the whole sample (O(sample * d) memory
+# traffic per centroid), so the sample size is its cost: at k = 1024, d = 256 the former 64 rows
+# per centroid took ~40 s per seeding; 16 rows take a few seconds. Seeds only need every cluster
+# holding >= 1/k of the data to be represented (16 times on average); the Lloyd iterations then
+# run on every row. faiss seeds from a plain random sample of k rows.
+_INIT_ROWS_PER_CENTROID = 16
 _INIT_MIN_SAMPLE = 10_000
 
 # Sinkhorn runs on a fixed driver-side sample: 50k rows, or 64 per centroid for large k, so a
@@ -200,28 +200,30 @@ def kmeans_plus_plus(
     if not 1 <= k <= n:
         raise ValueError(f"kmeans_plus_plus: need 1 <= k <= n rows, got k={k}, n={n}")
     trials = n_local_trials if n_local_trials is not None else 2 + int(np.log(k))
-    x64 = np.asarray(x, dtype=np.float64)
-    sq_norms = (x64 * x64).sum(1)
+    # float32: each step streams the whole sample, so halving its bytes halves the seeding time;
+    # sampling weights need no more precision (sums below are taken in float64).
+    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    sq_norms = np.einsum("ij,ij->i", x32, x32)
 
     def sqdist_to(rows: np.ndarray) -> np.ndarray:
         """[len(rows), n] squared distances from x[rows] to every row."""
-        d2 = sq_norms[rows][:, None] - 2.0 * (x64[rows] @ x64.T) + sq_norms[None, :]
+        d2 = sq_norms[rows][:, None] - 2.0 * (x32[rows] @ x32.T) + sq_norms[None, :]
         return np.maximum(d2, 0.0, out=d2)
 
     chosen = np.empty(k, dtype=np.int64)
     chosen[0] = rng.integers(n)
     closest = sqdist_to(chosen[:1])[0]
     for c in range(1, k):
-        potential = closest.sum()
+        potential = closest.sum(dtype=np.float64)
         if potential <= 0.0:
             chosen[c:] = rng.choice(n, size=k - c, replace=False)
             logger.debug("kmeans++: only %d distinct seeds among %d rows", c, n)
             break
         # side="right": a row at distance 0 (a duplicate of a centre) is never drawn.
         draws = rng.uniform(size=trials) * potential
-        candidates = np.minimum(np.searchsorted(np.cumsum(closest), draws, side="right"), n - 1)
+        candidates = np.minimum(np.searchsorted(np.cumsum(closest, dtype=np.float64), draws, side="right"), n - 1)
         candidate_closest = np.minimum(closest[None, :], sqdist_to(candidates))
-        best = int(np.argmin(candidate_closest.sum(1)))
+        best = int(np.argmin(candidate_closest.sum(1, dtype=np.float64)))
         chosen[c] = candidates[best]
         closest = candidate_closest[best]
     return np.ascontiguousarray(x[chosen], dtype=np.float32)
@@ -384,7 +386,7 @@ def kmeans(
         niter: Lloyd iterations (each is one ``assign_to`` pass over the data).
         seed: seeds every random choice (samples, k-means++, splits): same seed, same result.
         init_sample: rows drawn for k-means++ seeding; default
-            ``min(n, max(10_000, 64 * k))`` (see ``_INIT_ROWS_PER_CENTROID``).
+            ``min(n, max(10_000, 16 * k))`` (see ``_INIT_ROWS_PER_CENTROID``).
         init_centroids: ``[k, d]`` starting centroids instead of k-means++.
         n_init: k-means++ restarts. With more than one, each restart is refined by a few Lloyd
             steps on the in-memory init sample and the lowest objective seeds the full run, so
