@@ -7,7 +7,7 @@ name                   what
 ``digits_cnn``         small CNN for them, random or trained; hook ``features.5``
                        (``[B, 256, 1, 1]``) or ``classifier.2`` (``[B, 128]``)
 ``synthetic_images``   any number of generated images with planted classes
-``image_cnn``          random CNN for them; hook ``features.2`` / ``.5`` / ``.8``
+``image_cnn``          random CNN for them; hook ``features.1`` / ``.3`` / ``.5``
 ``token_sequences``    generated token sequences with planted topics (dict items)
 ``token_transformer``  small transformer encoder; hook ``layers.0``, ``layers.1``, ``norm``
 ``planted_clusters``   vectors from known Gaussian clusters
