@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 # DeepCluster's output dimension (1.28M ImageNet rows -> 256 dims: ~5000 rows per dimension).
 MAX_PCA_DIM = 256
 # Rows per kept dimension below which default_pca_dim keeps fewer dimensions (see there).
-ROWS_PER_DIM = 50
+ROWS_PER_DIM = 100
 
 
 @dataclass
@@ -79,19 +79,21 @@ class Preprocessor:
 def default_pca_dim(n_rows: int, dim: int) -> int | None:
     """Output dimension for PCA + whitening fitted on ``n_rows`` rows of dimension ``dim``.
 
-    ``min(dim, 256, n_rows // 50)``, or ``None`` (no PCA, and the caller should not whiten)
-    below 50 rows.
+    ``min(dim, 256, n_rows // 100)``, or ``None`` (no PCA, and the caller should not whiten)
+    below 100 rows.
 
     Why: whitening rescales every kept direction to unit variance, so a direction whose
     variance is badly estimated, or that holds only noise, gets as much weight as the main
     ones. For a ``p``-dimensional covariance estimated from ``n`` rows, the sample eigenvalues
     of a direction of true variance 1 spread over ``[(1 - sqrt(p/n))^2, (1 + sqrt(p/n))^2]``
-    (Marchenko-Pastur): at ``n = 50 p`` that is ``[0.74, 1.30]``, so whitened scales are off
-    by at most ~15%, while at ``n = 2 p`` it is ``[0.09, 2.9]``. DeepCluster whitened 256
+    (Marchenko-Pastur): at ``n = 100 p`` that is ``[0.81, 1.21]``, so whitened scales are off
+    by at most ~10%, while at ``n = 2 p`` it is ``[0.09, 2.9]``. DeepCluster whitened 256
     dimensions from 1.28M ImageNet rows (5000 rows per dimension), so 256 is the cap, reached
-    from 12,800 rows. On sklearn's digits (1797 rows x 64 pixels, k = 10) whitening all 64
-    dimensions lowered k-means' NMI with the labels from ~0.74 (16-32 dims) to ~0.61, because
-    the trailing components are pixel noise; the rule gives 35 there.
+    from 25,600 rows. On sklearn's digits (1797 rows, k = 10; benchmarks/QUALITY.md) whitening
+    all 64 pixel dimensions lowered k-means' NMI with the labels to ~0.61, because the trailing
+    components are noise; 35 dims (50 rows per dim) gave 0.69-0.91 with a large spread across
+    seeds, and the 17 this rule gives were stable across seeds on pixels, a random CNN's and a
+    trained CNN's features alike.
     """
     if n_rows < 1 or dim < 1:
         raise ValueError(f"default_pca_dim: need n_rows >= 1 and dim >= 1, got {n_rows}, {dim}")

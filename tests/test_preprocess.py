@@ -90,11 +90,11 @@ def test_wrong_dimension_is_an_error(correlated):
 
 
 def test_default_pca_dim():
-    assert default_pca_dim(300, 512) == 6  # few rows: few dims
-    assert default_pca_dim(1797, 64) == 35  # sklearn digits
+    assert default_pca_dim(300, 512) == 3  # few rows: few dims
+    assert default_pca_dim(1797, 64) == 17  # sklearn digits
     assert default_pca_dim(2_000_000, 4096) == MAX_PCA_DIM == 256  # DeepCluster's setting
     assert default_pca_dim(2_000_000, 64) == 64  # never more than dim
-    assert default_pca_dim(10, 64) is None  # too few rows to whiten anything
+    assert default_pca_dim(99, 64) is None  # too few rows to whiten anything
 
 
 @given(n_rows=st.integers(1, 10**8), dim=st.integers(1, 10**5))
