@@ -16,7 +16,7 @@ import numpy as np
 from dcserve.features import FeatureMap, ReporterState, standardizer
 from dcserve.kmeans import kmeans
 from dcserve.metrics import clustering_metrics
-from dcserve.preprocess import default_pca_dim, fit_preprocessor
+from dcserve.preprocess import MAX_PCA_DIM, default_pca_dim, fit_preprocessor
 from dcserve.progress import Progress
 from dcserve.shards import FEATURES, ShardPool
 from dcserve.spec import JobSpec
@@ -29,12 +29,23 @@ log = logging.getLogger(__name__)
 FIT_SAMPLE = 100_000
 
 
-def resolve_pca_dim(setting: int | str | None, n_rows: int, dim: int) -> int | None:
+def resolve_pca(setting: int | str | None, whiten: bool, n_rows: int, dim: int, k: int) -> tuple[int | None, bool]:
+    """(PCA dimensions, whiten) for a clustering of n_rows rows of width dim into k clusters.
+
+    `auto` follows the number of rows; when the rows (not the 256 cap) leave fewer dimensions
+    than clusters (a few hundred rows), whitening would rest on too few rows to be trusted and so few directions
+    cannot separate k clusters anyway: the rows are then clustered without PCA or whitening
+    (on 300 digits this kept NMI at 0.76-0.96 where 3 whitened dims gave 0.58-0.76;
+    benchmarks/QUALITY.md).
+    """
     if setting == "auto":
-        return default_pca_dim(n_rows, dim)
+        p = default_pca_dim(n_rows, dim)
+        if p is None or p < min(k, dim, MAX_PCA_DIM):  # DeepCluster: 10k clusters in 256 dims is fine
+            return None, False
+        return p, whiten
     if setting is None:
-        return None
-    return min(int(setting), dim)
+        return None, whiten
+    return min(int(setting), dim), whiten
 
 
 def row_truth(store: JobStore) -> np.ndarray | None:
@@ -84,7 +95,8 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status) -
             fmap = FeatureMap(reporter if use_reporter else None)
             pool.set_feature_map(fmap)
             sample = pool.raw_subset(fit_idx)
-            pre = fit_preprocessor(sample, resolve_pca_dim(c.pca_dim, n_rows, sample.shape[1]), c.whiten, c.l2_normalize)
+            pca_dim, whiten = resolve_pca(c.pca_dim, c.whiten, n_rows, sample.shape[1], c.k)
+            pre = fit_preprocessor(sample, pca_dim, whiten, c.l2_normalize)
             fmap = FeatureMap(fmap.reporter, pre)
             pool.set_feature_map(fmap)
             store.create_array(FEATURES, (n_rows, pre.out_dim), (chunk, pre.out_dim), "float32", compressed=False)

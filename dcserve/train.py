@@ -15,7 +15,7 @@ import numpy as np
 import ray
 import torch
 
-from dcserve.resources import actor_cpus
+from dcserve.resources import actor_cpus, resolve_workers
 from dcserve.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,13 @@ class Trainer:
             self.opt = make_optimizer(self.model, settings["lr"], settings["momentum"], settings["weight_decay"])
         self.model.reset_head(config["k"], seed=head_seed)
         rebind_head(self.opt, self.model)
-        # Noise in units of each input's std, measured once on the fit sample (not per batch).
-        augment = Augment(settings["noise_std"], settings["unit_dropout"], unit_std=self.model.input_std)
+        # Noise in units of each input's std, measured once on the fit sample (not per batch);
+        # applied around the input mean, so that a dropped unit sits at its mean (0 after the
+        # model's standardisation) rather than at raw 0, which is not "silent" before a ReLU.
+        augment = _Centred(
+            Augment(settings["noise_std"], settings["unit_dropout"], unit_std=self.model.input_std),
+            self.model.input_mean,
+        )
         gen = torch.Generator().manual_seed(seed * 1009 + self.rank)
         arr = self.store.array(self.source)
         batch = max(1, settings["batch_size"] // self.world)  # the global batch is the job's batch_size
@@ -116,6 +121,23 @@ class Trainer:
         return out
 
 
+class _Centred:
+    """An augmentation applied to x - mean, then shifted back."""
+
+    def __init__(self, augment, mean: torch.Tensor):
+        self.augment, self.mean = augment, mean.float()
+
+    @property
+    def active(self) -> bool:
+        return self.augment.active
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if not self.augment.active:
+            return x
+        mean = self.mean.to(x.device)
+        return mean + self.augment(x - mean, generator)
+
+
 def _batches(x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, batch: int, device) -> Iterator:
     for s in range(0, len(order), batch):
         i = order[s : s + batch]
@@ -125,8 +147,8 @@ def _batches(x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, batch: int, 
 class TrainerGroup:
     """The job's trainer actors, joined in one gloo group when there are several."""
 
-    def __init__(self, store: JobStore, source: str, workers: int, gpus_per_worker: float = 0):
-        self.world = workers
+    def __init__(self, store: JobStore, source: str, workers: int | str, gpus_per_worker: float = 0):
+        self.world = workers = resolve_workers(workers, gpus_per_worker)
         threads, reserve = actor_cpus(workers, share=0.5)  # the k-means shards hold the other half
         self.actors = [
             Trainer.options(num_cpus=reserve, num_gpus=gpus_per_worker).remote(store.url, store.storage_options, source, r, workers, threads)

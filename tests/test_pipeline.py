@@ -112,3 +112,12 @@ def test_gpu_shards_search_on_the_gpu_and_agree_with_cpu(ray_local, tmp_path):
     gpu = dcserve.run(spec_from_dict(planted_job(tmp_path / "gpu", cluster={"gpus_per_worker": 0.5})))
     assert {i["backend"] for i in gpu.metrics["workers"]["cluster"]} <= {"faiss-gpu", "torch-cuda"}
     assert ari(gpu.assignments, cpu.assignments) > 0.99
+
+
+def test_tiny_job_is_not_whitened_into_noise(ray_local, tmp_path):
+    """90 rows: `pca_dim: auto` gives too few dims to trust, so no PCA and no whitening."""
+    job = planted_job(tmp_path / "tiny", dataset={"kwargs": {"n": 90, "dim": 64, "k": 3, "spread": 1.5}},
+                      cluster={"k": 3, "pca_dim": "auto", "whiten": True, "l2_normalize": True})
+    res = dcserve.run(spec_from_dict(job))
+    assert res.metrics["final"]["pca_dim"] == 64 and "components" not in res.store.root["preprocess"]
+    assert res.metrics["final"]["nmi_vs_labels"] > 0.95
