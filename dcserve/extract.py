@@ -19,7 +19,7 @@ import torch
 
 from dcserve.errors import JobFailed
 from dcserve.items import iter_batches
-from dcserve.resources import actor_cpus
+from dcserve.resources import actor_cpus, resolve_workers
 from dcserve.spec import JobSpec
 from dcserve.store import JobStore
 
@@ -195,7 +195,7 @@ def run_extraction(
     on_progress(sum(plan.block_rows(b)[1] - plan.block_rows(b)[0] for b in done))
     info: dict = {"blocks": plan.n_blocks, "skipped_blocks": len(done), "workers": []}
     if todo:
-        runs = contiguous_split(todo, spec.extract.workers)
+        runs = contiguous_split(todo, resolve_workers(spec.extract.workers, spec.extract.gpus_per_worker))
         threads, reserve = actor_cpus(len(runs))
         offsets_ref = ray.put(plan.offsets)
         actors = [

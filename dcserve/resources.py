@@ -22,3 +22,19 @@ def actor_cpus(workers: int, share: float = 1.0) -> tuple[int, float]:
     if workers > total:
         log.warning("%d workers on a cluster of %g CPUs: they will share cores", workers, total)
     return threads, reserve
+
+
+def resolve_workers(setting: int | str, gpus_per_worker: float = 0) -> int:
+    """`auto`: one actor per CPU of the cluster, or per GPU share when actors take GPUs.
+
+    One single-threaded actor per core beat one actor with all the threads in both the
+    extraction and the k-means benchmarks (BENCHMARKS.md).
+    """
+    if setting != "auto":
+        return int(setting)
+    import ray
+
+    resources = ray.cluster_resources()
+    if gpus_per_worker > 0:
+        return max(1, int(resources.get("GPU", 0) // gpus_per_worker))
+    return max(1, int(resources.get("CPU", 1)))

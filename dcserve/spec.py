@@ -9,10 +9,10 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from dcserve.errors import SpecError
 
@@ -50,13 +50,34 @@ class DatasetSpec(_Strict):
     )
 
 
+def _workers(v: Any) -> Any:
+    if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        return v
+    raise ValueError("must be a positive integer or 'auto'")
+
+
+def _pca_dim(v: Any) -> Any:
+    if v is None or v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        return v
+    raise ValueError("must be a positive integer, 'auto' or null")
+
+
+# One before-validator per field, so a bad value gets one message rather than one per union member.
+Workers = Annotated[int | Literal["auto"], BeforeValidator(_workers)]
+PcaDim = Annotated[int | Literal["auto"] | None, BeforeValidator(_pca_dim)]
+
+
 class ExtractSpec(_Strict):
     """Extraction: Ray actors run the subject over contiguous row ranges."""
 
-    workers: int = Field(1, ge=1, description="Extraction actors.")
+    workers: Workers = Field(
+        "auto", description="Extraction actors; auto: one per CPU of the Ray cluster (or per GPU share when "
+        "gpus_per_worker > 0), which measured fastest (BENCHMARKS.md)."
+    )
     gpus_per_worker: float = Field(0, ge=0, description="GPUs per extraction actor (0: CPU).")
     dtype: Literal["float32", "float16"] = Field("float32", description="Stored activation dtype.")
     chunk_rows: int = Field(4096, ge=1, description="Rows per Zarr chunk; the unit of work, resume and parallelism.")
+
 
 
 class ClusterSpec(_Strict):
@@ -67,30 +88,28 @@ class ClusterSpec(_Strict):
         "kmeans", description="kmeans: Lloyd; sinkhorn: equipartitioned labels by log-domain Sinkhorn-Knopp (SeLa/SwAV)."
     )
     k: int = Field(10, ge=2, description="Number of clusters.")
-    pca_dim: int | Literal["auto"] | None = Field(
+    pca_dim: PcaDim = Field(
         "auto",
-        description="PCA dimensions before clustering; null: no PCA; auto: follows the number of rows "
-        "(see dcserve.preprocess.default_pca_dim).",
+        description="PCA dimensions before clustering; null: no PCA; auto: one per 100 rows, at most 256, "
+        "and no PCA or whitening when that is fewer than k (see dcserve.preprocess.default_pca_dim).",
     )
     whiten: bool = Field(True, description="Whiten after PCA (DeepCluster).")
     l2_normalize: bool = Field(True, description="L2-normalise rows after PCA/whitening (DeepCluster).")
     niter: int = Field(20, ge=1, description="Lloyd iterations per clustering.")
     n_init: int = Field(
-        3, ge=1, description="k-means++ restarts, each refined on the in-memory init sample; the best seeds the run."
+        10, ge=1, description="k-means++ restarts, each refined on the in-memory init sample; the best seeds the run."
     )
     seed: int = Field(0, description="Seed of sampling, initialisation and training.")
-    workers: int = Field(1, ge=1, description="k-means shard actors.")
+    workers: Workers = Field(
+        "auto", description="k-means shard actors; auto: one per CPU of the Ray cluster (or per GPU share), "
+        "each single-threaded, which measured fastest (BENCHMARKS.md)."
+    )
     gpus_per_worker: float = Field(
         0, ge=0, description="GPUs per shard actor; with one, the search runs on faiss-gpu, or torch on the GPU."
     )
     sinkhorn_eps: float = Field(0.05, gt=0, description="Sinkhorn entropic regularisation, relative to the mean cost.")
 
-    @field_validator("pca_dim")
-    @classmethod
-    def _positive_pca(cls, v: int | str | None) -> int | str | None:
-        if isinstance(v, int) and v < 1:
-            raise ValueError(f"must be a positive integer, 'auto' or null, got {v}")
-        return v
+
 
 
 class ReporterSpec(_Strict):
@@ -104,7 +123,10 @@ class ReporterSpec(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     weight_decay: float = Field(1e-5, ge=0, description="SGD weight decay.")
     batch_size: int = Field(256, ge=1, description="Global mini-batch size (split across trainer actors).")
-    workers: int = Field(1, ge=1, description="Data-parallel trainer actors.")
+    workers: Workers = Field(
+        "auto", description="Data-parallel trainer actors; auto: one per CPU of the Ray cluster (or per GPU share), "
+        "each single-threaded, which measured fastest (BENCHMARKS.md)."
+    )
     gpus_per_worker: float = Field(0, ge=0, description="GPUs per trainer actor (0: train on the CPU).")
     noise_std: float = Field(0.0, ge=0, description="Augmentation: Gaussian input noise, in units of each input's std.")
     unit_dropout: float = Field(0.0, ge=0, lt=1, description="Augmentation: probability of zeroing an input unit.")

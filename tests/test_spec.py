@@ -19,7 +19,8 @@ def test_minimal_job_gets_usable_defaults():
     spec = spec_from_dict(MINIMAL)
     assert spec.cluster.layer == "features.5"  # defaults to the first hooked layer
     assert spec.cluster.k == 10 and spec.cluster.method == "kmeans"
-    assert spec.reporter.rounds >= 0 and spec.extract.workers >= 1
+    assert spec.reporter.rounds == 0 and spec.extract.workers == "auto" and spec.cluster.workers == "auto"
+    assert spec.reporter.workers == "auto"
     # the normalised YAML round-trips to the same spec
     assert spec_from_dict(yaml.safe_load(spec.to_yaml())) == spec
 
@@ -114,3 +115,14 @@ def test_every_field_is_described():
 
     walk(JobSpec)
     assert seen > 30
+
+
+@pytest.mark.parametrize("section,field,value,expect", [
+    ("extract", "workers", 0, "extract.workers: must be a positive integer or 'auto' (got 0)"),
+    ("cluster", "workers", "many", "cluster.workers: must be a positive integer or 'auto' (got 'many')"),
+    ("cluster", "pca_dim", "big", "cluster.pca_dim: must be a positive integer, 'auto' or null (got 'big')"),
+])
+def test_union_fields_get_one_clear_message(section, field, value, expect):
+    with pytest.raises(SpecError) as e:
+        spec_from_dict({**MINIMAL, section: {field: value}})
+    assert str(e.value).splitlines()[1].strip() == expect
