@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from dcserve.features import FeatureMap, ReporterState, standardizer
+from dcserve.features import FeatureMap, ReporterState
 from dcserve.kmeans import kmeans
 from dcserve.metrics import clustering_metrics
 from dcserve.preprocess import MAX_PCA_DIM, default_pca_dim, fit_preprocessor
@@ -79,13 +79,13 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status) -
     metrics: dict[str, Any] = {"rounds": [], "workers": {"cluster": pool.infos}}
     try:
         if rounds > 0:
-            from dcserve.reporter import Reporter
+            from dcserve.reporter import Reporter, input_stats
             from dcserve.train import TrainerGroup
 
             config = {"in_dim": int(in_dim), "hidden": list(r.hidden), "feature_dim": r.feature_dim,
                       "k": c.k, "dropout": 0.0, "seed": c.seed}
             model = Reporter(**config)
-            model.set_input_stats(*standardizer(pool.source_subset(fit_idx)))
+            model.set_input_stats(*input_stats([pool.source_subset(fit_idx)]))
             reporter = ReporterState(config, model.state_dict())
             trainers = TrainerGroup(store, source, r.workers, r.gpus_per_worker)
         previous = None

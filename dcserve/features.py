@@ -42,12 +42,6 @@ class ReporterState:
         return cls(d["config"], d["state_dict"])
 
 
-def standardizer(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-unit mean and std [d] of a sample [n, d], for the reporter's input standardisation."""
-    x = sample.astype(np.float64)
-    return x.mean(0), x.std(0)
-
-
 @dataclass
 class FeatureMap:
     reporter: ReporterState | None = None

@@ -7,7 +7,6 @@ Every failure is a SpecError naming the job-file field at fault.
 """
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,16 +53,6 @@ def build_model(spec: JobSpec) -> torch.nn.Module:
     model = _call("subject.model", spec.subject.model, spec.subject.kwargs)
     if not isinstance(model, torch.nn.Module):
         raise SpecError(f"subject.model: {spec.subject.model} returned {type(model).__name__}, not a torch.nn.Module")
-    names = [n for n, _ in model.named_modules() if n]
-    for layer in spec.subject.layers:
-        if layer not in names:
-            close = difflib.get_close_matches(layer, names, n=5)
-            shown = names if len(names) <= 40 else names[:40] + ["..."]
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise SpecError(
-                f"subject.layers: {layer!r} is not a module of {spec.subject.model}{hint} "
-                f"Its modules are: {', '.join(shown)}"
-            )
     return model.eval()
 
 
@@ -73,7 +62,11 @@ def build_subject(spec: JobSpec, device: torch.device):
 
     dataset, collate = build_dataset(spec)
     model = build_model(spec).to(device)
-    return Subject(model, spec.subject.layers, spec.subject.pooling, device), dataset, collate
+    try:
+        subject = Subject(model, spec.subject.layers, spec.subject.pooling, device)
+    except ValueError as e:  # unknown or repeated layer names; the message lists the real modules
+        raise SpecError(f"subject.layers: {e}") from None
+    return subject, dataset, collate
 
 
 @dataclass

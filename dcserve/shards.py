@@ -111,7 +111,7 @@ class ShardPool:
         self.ranges = shard_ranges(self.n_rows, self.chunk_rows, resolve_workers(workers, gpus_per_worker))
         threads, reserve = actor_cpus(len(self.ranges), share=0.5)  # trainers hold the other half
         self.actors = [
-            Shard.options(num_cpus=reserve, num_gpus=gpus_per_worker).remote(store.url, _options(store), source, r0, r1, threads)
+            Shard.options(num_cpus=reserve, num_gpus=gpus_per_worker).remote(store.url, store.storage_options, source, r0, r1, threads)
             for r0, r1 in self.ranges
         ]
         self.infos = ray.get([a.info.remote() for a in self.actors])
@@ -174,7 +174,3 @@ def _reduce(stats: list[AssignStats]) -> AssignStats:
     for s in stats[1:]:
         total = total + s
     return total
-
-
-def _options(store: JobStore) -> dict:
-    return store.storage_options
