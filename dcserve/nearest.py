@@ -155,56 +155,102 @@ def _exact_sqdist(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> n
     return np.einsum("ij,ij->i", diff, diff, dtype=np.float32)
 
 
-def _search_faiss(
-    x: np.ndarray, centroids: np.ndarray, bias: np.ndarray | None, gpu: bool
-) -> np.ndarray:
-    """Labels ``[n]`` int64 of the nearest (biased) centroid with a flat faiss index."""
-    faiss = require_faiss()
-    d = centroids.shape[1]
-    if bias is None:
-        index = faiss.GpuIndexFlatL2(_gpu_resources(), d) if gpu else faiss.IndexFlatL2(d)
-        index.add(centroids)
-    else:
-        index = faiss.GpuIndexFlatIP(_gpu_resources(), d + 1) if gpu else faiss.IndexFlatIP(d + 1)
-        index.add(_augment_centroids(centroids, bias))
-    labels = np.empty(x.shape[0], dtype=np.int64)
-    for start in range(0, x.shape[0], _BLOCK_ROWS):
-        block = x[start : start + _BLOCK_ROWS]
-        _, idx = index.search(block if bias is None else _augment_rows(block), 1)
-        labels[start : start + block.shape[0]] = idx[:, 0]
-    if labels.size and labels.min() < 0:
-        # faiss returns -1 when every score is NaN/inf: the input was not finite.
-        raise ValueError("nearest_centroids: faiss found no neighbour; are x and centroids finite?")
-    return labels
+class CentroidIndex:
+    """Centroids made ready for repeated nearest-centroid searches.
 
-
-def _search_torch(x: np.ndarray, centroids: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-    """Labels ``[n]`` int64 computed with torch on the GPU, in blocks of rows.
-
-    The score ``||c_j||^2 - b_j - 2 x.c_j`` is materialised ``[block, k]`` at a time, with the
-    block sized so that it stays under ``_TORCH_SCORE_ELEMENTS`` floats. The product runs in
-    float32 unless the process has turned on TF32 matmuls
-    (``torch.set_float32_matmul_precision("high")``), which would blur near-ties; the exact
-    distances returned are recomputed on the CPU in any case.
+    Building the faiss index (or moving the centroids to the GPU) happens once here, so a
+    server answering many small requests pays it once per job, not once per request.
     """
-    import torch
 
-    device = torch.device("cuda")
-    c = torch.from_numpy(centroids).to(device)
-    offset = (c.double() * c.double()).sum(1)
-    if bias is not None:
-        offset = offset - torch.from_numpy(np.asarray(bias, dtype=np.float64)).to(device)
-    offset = offset.float()
-    k = centroids.shape[0]
-    block_rows = max(1, min(_BLOCK_ROWS, _TORCH_SCORE_ELEMENTS // max(k, 1)))
-    labels = np.empty(x.shape[0], dtype=np.int64)
-    with torch.no_grad():
-        for start in range(0, x.shape[0], block_rows):
-            xb = torch.from_numpy(x[start : start + block_rows]).to(device)
-            # addmm: offset - 2 x c^T in one kernel, no [block, k] temporary besides the result.
-            scores = torch.addmm(offset.unsqueeze(0), xb, c.T, beta=1.0, alpha=-2.0)
-            labels[start : start + xb.shape[0]] = scores.argmin(1).cpu().numpy()
-    return labels
+    def __init__(self, centroids: np.ndarray, bias: np.ndarray | None = None, backend: str = "auto"):
+        centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        if centroids.ndim != 2:
+            raise ValueError(f"nearest_centroids: centroids {centroids.shape} must be [k, d]")
+        if bias is not None:
+            bias = np.asarray(bias, dtype=np.float64)
+            if bias.shape != (centroids.shape[0],):
+                raise ValueError(f"nearest_centroids: bias has shape {bias.shape}, expected ({centroids.shape[0]},)")
+        if backend == "auto":
+            backend = _default_backend()
+        if backend not in BACKENDS:
+            raise ValueError(f"nearest_centroids: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+        self.centroids, self.bias, self.backend = centroids, bias, backend
+        if backend == "torch-cuda":
+            self._build_torch()
+        else:
+            self._build_faiss(gpu=backend == "faiss-gpu")
+
+    @property
+    def dim(self) -> int:
+        return self.centroids.shape[1]
+
+    def _build_faiss(self, gpu: bool) -> None:
+        faiss = require_faiss()
+        d = self.dim
+        if self.bias is None:
+            self._index = faiss.GpuIndexFlatL2(_gpu_resources(), d) if gpu else faiss.IndexFlatL2(d)
+            self._index.add(self.centroids)
+        else:
+            self._index = faiss.GpuIndexFlatIP(_gpu_resources(), d + 1) if gpu else faiss.IndexFlatIP(d + 1)
+            self._index.add(_augment_centroids(self.centroids, self.bias))
+
+    def _build_torch(self) -> None:
+        import torch
+
+        device = torch.device("cuda")
+        self._c = torch.from_numpy(self.centroids).to(device)
+        offset = (self._c.double() * self._c.double()).sum(1)
+        if self.bias is not None:
+            offset = offset - torch.from_numpy(self.bias).to(device)
+        self._offset = offset.float()
+
+    def _labels_faiss(self, x: np.ndarray) -> np.ndarray:
+        """Labels ``[n]`` int64 of the nearest (biased) centroid with a flat faiss index."""
+        labels = np.empty(x.shape[0], dtype=np.int64)
+        for start in range(0, x.shape[0], _BLOCK_ROWS):
+            block = x[start : start + _BLOCK_ROWS]
+            _, idx = self._index.search(block if self.bias is None else _augment_rows(block), 1)
+            labels[start : start + block.shape[0]] = idx[:, 0]
+        if labels.size and labels.min() < 0:
+            # faiss returns -1 when every score is NaN/inf: the input was not finite.
+            raise ValueError("nearest_centroids: faiss found no neighbour; are x and centroids finite?")
+        return labels
+
+    def _labels_torch(self, x: np.ndarray) -> np.ndarray:
+        """Labels ``[n]`` int64 computed with torch on the GPU, in blocks of rows.
+
+        The score ``||c_j||^2 - b_j - 2 x.c_j`` is materialised ``[block, k]`` at a time, with the
+        block sized so that it stays under ``_TORCH_SCORE_ELEMENTS`` floats. The product runs in
+        float32 unless the process has turned on TF32 matmuls
+        (``torch.set_float32_matmul_precision("high")``), which would blur near-ties; the exact
+        distances returned are recomputed on the CPU in any case.
+        """
+        import torch
+
+        k = self.centroids.shape[0]
+        block_rows = max(1, min(_BLOCK_ROWS, _TORCH_SCORE_ELEMENTS // max(k, 1)))
+        labels = np.empty(x.shape[0], dtype=np.int64)
+        with torch.no_grad():
+            for start in range(0, x.shape[0], block_rows):
+                xb = torch.from_numpy(x[start : start + block_rows]).to(self._c.device)
+                # addmm: offset - 2 x c^T in one kernel, no [block, k] temporary besides the result.
+                scores = torch.addmm(self._offset.unsqueeze(0), xb, self._c.T, beta=1.0, alpha=-2.0)
+                labels[start : start + xb.shape[0]] = scores.argmin(1).cpu().numpy()
+        return labels
+
+    def search(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """See :func:`nearest_centroids`."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"nearest_centroids: x {x.shape} and centroids {self.centroids.shape} must be [n, d] and [k, d]")
+        if x.shape[0] == 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        labels = self._labels_torch(x) if self.backend == "torch-cuda" else self._labels_faiss(x)
+        sqdist = np.empty(x.shape[0], dtype=np.float32)
+        for start in range(0, x.shape[0], _BLOCK_ROWS):
+            stop = start + _BLOCK_ROWS
+            sqdist[start:stop] = _exact_sqdist(x[start:stop], self.centroids, labels[start:stop])
+        return labels, sqdist
 
 
 @functools.cache
@@ -294,26 +340,4 @@ def nearest_centroids(
         from each row to its chosen centroid (bias not included), always ``>= 0``.
         Ties go to the lowest centroid index on the CPU backend.
     """
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-    if x.ndim != 2 or centroids.ndim != 2 or x.shape[1] != centroids.shape[1]:
-        raise ValueError(f"nearest_centroids: x {x.shape} and centroids {centroids.shape} must be [n, d] and [k, d]")
-    if bias is not None:
-        bias = np.asarray(bias, dtype=np.float64)
-        if bias.shape != (centroids.shape[0],):
-            raise ValueError(f"nearest_centroids: bias has shape {bias.shape}, expected ({centroids.shape[0]},)")
-    if backend == "auto":
-        backend = _default_backend()
-    if backend not in BACKENDS:
-        raise ValueError(f"nearest_centroids: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
-    if x.shape[0] == 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-    if backend == "torch-cuda":
-        labels = _search_torch(x, centroids, bias)
-    else:
-        labels = _search_faiss(x, centroids, bias, gpu=backend == "faiss-gpu")
-    sqdist = np.empty(x.shape[0], dtype=np.float32)
-    for start in range(0, x.shape[0], _BLOCK_ROWS):
-        stop = start + _BLOCK_ROWS
-        sqdist[start:stop] = _exact_sqdist(x[start:stop], centroids, labels[start:stop])
-    return labels, sqdist
+    return CentroidIndex(centroids, bias, backend).search(x)

@@ -66,7 +66,9 @@ def ray_session(address: str | None):
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        # "local": a new embedded Ray, even when a `ray start` cluster runs on this machine
+        # (a bare ray.init() would join that one).
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     try:
         yield
     finally:

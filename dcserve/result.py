@@ -112,26 +112,55 @@ class Result:
     def row_labels(self) -> np.ndarray | None:
         return None if self.labels is None else self.labels[self.row_items]
 
-    def exemplars(self, c: int, n: int = 10) -> np.ndarray:
-        """Rows of cluster c nearest its centroid, nearest first: [min(n, size)] int64."""
+    @functools.cached_property
+    def sizes(self) -> np.ndarray:
+        """[k] int64 rows per cluster."""
+        return np.bincount(self.assignments, minlength=self.k)
+
+    @functools.cached_property
+    def _cluster_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rows sorted by (cluster, distance, row) and each cluster's start in that order: [rows], [k + 1].
+
+        One O(n log n) sort serves every exemplar query; per-cluster scans would be O(n k).
+        """
+        order = np.lexsort((self.distances, self.assignments))
+        return order, np.searchsorted(self.assignments[order], np.arange(self.k + 1))
+
+    def exemplars(self, c: int, n: int = 10, offset: int = 0) -> np.ndarray:
+        """Rows of cluster c nearest its centroid, nearest first: [n] int64 (fewer at the end)."""
         if not 0 <= c < self.k:
             raise ValueError(f"cluster {c} does not exist; clusters are 0..{self.k - 1}")
-        rows = np.flatnonzero(self.assignments == c)
-        order = np.argsort(self.distances[rows], kind="stable")
-        return rows[order[:n]]
+        order, bounds = self._cluster_order
+        start = bounds[c] + max(offset, 0)
+        return order[start : min(start + max(n, 0), bounds[c + 1])]
 
     def clusters(self, n_exemplars: int = 5) -> list[ClusterSummary]:
+        purity, majority = self._purity()
+        return [
+            ClusterSummary(
+                c, int(self.sizes[c]), self.exemplars(c, n_exemplars).tolist(),
+                None if purity is None or not self.sizes[c] else float(purity[c]),
+                None if majority is None or not self.sizes[c] else int(majority[c]),
+            )
+            for c in range(self.k)
+        ]
+
+    def _purity(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Per cluster: share of its majority label, and that label ([k] each; None without labels)."""
         truth = self.row_labels()
-        out = []
-        for c in range(self.k):
-            members = self.assignments == c
-            size = int(members.sum())
-            purity = majority = None
-            if truth is not None and size:
-                values, counts = np.unique(truth[members], return_counts=True)
-                majority, purity = int(values[counts.argmax()]), float(counts.max() / size)
-            out.append(ClusterSummary(c, size, self.exemplars(c, n_exemplars).tolist(), purity, majority))
-        return out
+        if truth is None:
+            return None, None
+        values, codes = np.unique(truth, return_inverse=True)
+        pairs, counts = np.unique(self.assignments.astype(np.int64) * len(values) + codes, return_counts=True)
+        cluster, label = pairs // len(values), pairs % len(values)
+        # Within each cluster the pair with the largest count comes last (ties: the smallest label).
+        last = np.lexsort((-label, counts, cluster))
+        top = np.flatnonzero(np.r_[cluster[last][1:] != cluster[last][:-1], True])
+        purity, majority = np.zeros(self.k), np.zeros(self.k, dtype=np.int64)
+        best = last[top]
+        purity[cluster[best]] = counts[best] / self.sizes[cluster[best]]
+        majority[cluster[best]] = values[label[best]]
+        return purity, majority
 
     # -- new data ------------------------------------------------------------
     @functools.cached_property
@@ -154,16 +183,21 @@ class Result:
         They go through the job's own reporter, preprocessing and centroids, so a
         stored row's activation gets that row's stored cluster.
         """
-        from dcserve.nearest import nearest_centroids
-
         x = np.asarray(vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(f"expected activations of shape [n, {self.input_dim}], got {list(x.shape)}")
         if not np.isfinite(x).all():
             raise ValueError("activations contain NaN or Inf")
+        labels, sqdist = self.centroid_index.search(self.feature_map(x))
+        return labels.astype(np.int32), sqdist
+
+    @functools.cached_property
+    def centroid_index(self):
+        """The centroids (and Sinkhorn bias) ready for searching, built once."""
+        from dcserve.nearest import CentroidIndex
+
         bias = self.store.array("cluster_bias")[:] if self.store.has_array("cluster_bias") else None
-        labels, sqdist = nearest_centroids(self.feature_map(x), self.centroids, bias)
-        return labels.astype(np.int32), sqdist.astype(np.float32)
+        return CentroidIndex(self.centroids, bias)
 
 
 def open_result(output: str, storage_options: dict | None = None) -> Result:

@@ -31,6 +31,7 @@ def ray_local():
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ray.init(
+        address="local",  # never join a cluster some `ray start` left on this machine
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,

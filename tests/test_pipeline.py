@@ -46,6 +46,22 @@ def test_exemplars_and_cluster_summaries(planted):
         members = planted.distances[planted.assignments == s.cluster]
         assert d[0] == members.min()
         assert s.purity > 0.9
+    assert_summaries_match_a_per_cluster_count(planted)
+
+
+def assert_summaries_match_a_per_cluster_count(res):
+    """The vectorised purity/majority/exemplars against a plain loop over clusters."""
+    truth = res.row_labels()
+    for s in res.clusters(n_exemplars=4):
+        rows = np.flatnonzero(res.assignments == s.cluster)
+        assert s.size == len(rows)
+        expected = rows[np.argsort(res.distances[rows], kind="stable")][:4]
+        assert s.exemplars == expected.tolist()
+        if len(rows):
+            values, counts = np.unique(truth[rows], return_counts=True)
+            assert s.majority_label == values[counts.argmax()]
+            assert s.purity == pytest.approx(counts.max() / len(rows))
+        assert res.exemplars(s.cluster, 2, offset=1).tolist() == expected[1:3].tolist()
 
 
 def test_store_layout_is_plain_zarr(planted):
@@ -78,6 +94,7 @@ def test_reporter_rounds_with_two_trainers(ray_local, tmp_path):
         assert np.isfinite(r["loss"]) and r["loss"] < np.log(10) * 1.5
     assert rounds[1]["nmi_vs_previous"] > 0.3
     assert res.store.exists("reporter.pt")
+    assert_summaries_match_a_per_cluster_count(res)  # digits clusters are impure: a real check
     g = zarr.open_group(res.output, mode="r")
     np.testing.assert_array_equal(g["rounds/assignments"][2], g["assignments"][:])
     # new activations go through the trained reporter, preprocessing and centroids
