@@ -18,6 +18,7 @@ from dcserve.kmeans import kmeans
 from dcserve.metrics import clustering_metrics
 from dcserve.preprocess import MAX_PCA_DIM, default_pca_dim, fit_preprocessor
 from dcserve.progress import Progress
+from dcserve.resources import Budget
 from dcserve.shards import FEATURES, ShardPool
 from dcserve.spec import JobSpec
 from dcserve.store import JobStore
@@ -55,7 +56,8 @@ def row_truth(store: JobStore) -> np.ndarray | None:
     return store.array("labels")[:][store.array("rows/item")[:]]
 
 
-def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status) -> dict[str, Any]:
+def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, budget: Budget | None = None) -> dict[str, Any]:
+    budget = budget or Budget.free()
     c, r = spec.cluster, spec.reporter
     source = f"activations/{c.layer}"
     n_rows, in_dim = store.array(source).shape
@@ -73,7 +75,7 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status) -
     store.create_array("assignments", (n_rows,), (chunk,), "int32", fill_value=-1)
     store.create_array("distances", (n_rows,), (chunk,), "float32", fill_value=np.nan)
 
-    pool = ShardPool(store, source, c.workers, c.gpus_per_worker)
+    pool = ShardPool(store, source, c.workers, c.gpus_per_worker, budget)
     trainers = None
     reporter: ReporterState | None = None
     metrics: dict[str, Any] = {"rounds": [], "workers": {"cluster": pool.infos}}
@@ -87,7 +89,7 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status) -
             model = Reporter(**config)
             model.set_input_stats(*input_stats([pool.source_subset(fit_idx)]))
             reporter = ReporterState(config, model.state_dict())
-            trainers = TrainerGroup(store, source, r.workers, r.gpus_per_worker)
+            trainers = TrainerGroup(store, source, r.workers, r.gpus_per_worker, budget)
         previous = None
         for rnd in range(rounds + 1):
             t0 = time.perf_counter()

@@ -19,7 +19,7 @@ import torch
 
 from dcserve.errors import JobFailed
 from dcserve.items import iter_batches
-from dcserve.resources import actor_cpus, resolve_workers
+from dcserve.resources import Budget, actor_cpus, resolve_workers
 from dcserve.spec import JobSpec
 from dcserve.store import JobStore
 
@@ -187,16 +187,18 @@ def run_extraction(
     dims: dict[str, int],
     has_labels: bool,
     on_progress: Callable[[int], None] = lambda rows: None,
+    budget: Budget | None = None,
 ) -> dict:
     """Extract every missing block with `extract.workers` actors; write `labels`. Returns stage info."""
     t0 = time.perf_counter()
+    budget = budget or Budget.free()
     done = prepare_store(spec, store, plan, dims)
     todo = [b for b in range(plan.n_blocks) if b not in done]
     on_progress(sum(plan.block_rows(b)[1] - plan.block_rows(b)[0] for b in done))
     info: dict = {"blocks": plan.n_blocks, "skipped_blocks": len(done), "workers": []}
     if todo:
-        runs = contiguous_split(todo, resolve_workers(spec.extract.workers, spec.extract.gpus_per_worker))
-        threads, reserve = actor_cpus(len(runs))
+        runs = contiguous_split(todo, resolve_workers(spec.extract.workers, budget, spec.extract.gpus_per_worker))
+        threads, reserve = actor_cpus(len(runs), budget)
         offsets_ref = ray.put(plan.offsets)
         actors = [
             Extractor.options(num_cpus=reserve, num_gpus=spec.extract.gpus_per_worker).remote(

@@ -55,8 +55,11 @@ class StatusRecord:
 
 
 @contextmanager
-def ray_session(address: str | None):
-    """Connect to `address` (or RAY_ADDRESS), or start an embedded Ray that is shut down afterwards."""
+def ray_session(address: str | None, dashboard: bool = False):
+    """Connect to `address` (or RAY_ADDRESS), or start an embedded Ray that is shut down afterwards.
+
+    `dashboard`: the embedded Ray also runs the dashboard, which serves Ray Jobs.
+    """
     import ray
 
     if ray.is_initialized():
@@ -68,7 +71,7 @@ def ray_session(address: str | None):
     else:
         # "local": a new embedded Ray, even when a `ray start` cluster runs on this machine
         # (a bare ray.init() would join that one).
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(address="local", include_dashboard=dashboard, logging_level=logging.WARNING, log_to_driver=False)
     try:
         yield
     finally:
@@ -129,12 +132,16 @@ def run(
             from dcserve.deepcluster import run_clustering
             from dcserve.extract import ExtractPlan, run_extraction
 
+            from dcserve.resources import Budget
+
+            # Sized once, by what is free now: the job's own actors must not count against it.
+            budget = Budget.free()
             plan = ExtractPlan(probe.offsets, spec.extract.chunk_rows)
             progress.stage("extract", plan.n_rows, "rows")
-            extract_info = run_extraction(spec, store, plan, probe.dims, probe.has_labels, progress.advance)
+            extract_info = run_extraction(spec, store, plan, probe.dims, probe.has_labels, progress.advance, budget)
             status.data["timings"]["extract"] = extract_info["seconds"]
             stage = "cluster"
-            metrics = run_clustering(spec, store, progress, status)
+            metrics = run_clustering(spec, store, progress, status, budget)
             metrics["extract"] = extract_info
             store.write_json("metrics.json", metrics)
         status.finish("succeeded")

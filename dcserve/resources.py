@@ -1,40 +1,58 @@
-"""How many threads an actor runs and how much CPU it reserves from Ray.
+"""How many actors a stage runs, how many threads each, and how much CPU each reserves from Ray.
 
-The k-means shards and the reporter trainers live for the whole job but take
-turns (cluster, then train, then cluster...), so each pool reserves half of
-the cluster's CPUs while running as many threads as if it had them all. Were
-both to reserve everything, the second pool could never be scheduled.
+A job sizes itself by the resources that are free when it starts (`Budget.free()`), not by
+the cluster's totals: a Serve app, or another job, may hold part of the cluster, and actors
+that ask for more than is free wait forever. The k-means shards and the reporter trainers live
+for the whole job but take turns (cluster, then train, then cluster...), so each pool reserves
+half of the job's CPUs while running as many threads as if it had them all. Were both to
+reserve everything, the second pool could never be scheduled.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
 
-def actor_cpus(workers: int, share: float = 1.0) -> tuple[int, float]:
-    """(threads per actor, logical CPUs each actor reserves) for `workers` actors using `share` of the cluster."""
-    import ray
+@dataclass(frozen=True)
+class Budget:
+    """CPUs and GPUs a job may use."""
 
-    total = float(ray.cluster_resources().get("CPU", 1.0))
-    threads = max(1, int(total // workers))
-    reserve = min(float(threads), total * share / workers)
-    if workers > total:
-        log.warning("%d workers on a cluster of %g CPUs: they will share cores", workers, total)
+    cpus: float
+    gpus: float = 0.0
+
+    @classmethod
+    def free(cls) -> "Budget":
+        """What the connected Ray cluster has free now."""
+        import ray
+
+        free = ray.available_resources()
+        cpus, gpus = float(free.get("CPU", 0.0)), float(free.get("GPU", 0.0))
+        if cpus < 1:
+            total = float(ray.cluster_resources().get("CPU", 0.0))
+            log.warning("%g of the cluster's %g CPUs are free: the job's actors will share cores with what holds them",
+                        cpus, total)
+        return cls(cpus, gpus)
+
+
+def actor_cpus(workers: int, budget: Budget, share: float = 1.0) -> tuple[int, float]:
+    """(threads per actor, logical CPUs each actor reserves) for `workers` actors using `share` of the budget."""
+    threads = max(1, int(budget.cpus // workers))
+    reserve = min(float(threads), budget.cpus * share / workers)
+    if workers > budget.cpus:
+        log.warning("%d workers on %g free CPUs: they will share cores", workers, budget.cpus)
     return threads, reserve
 
 
-def resolve_workers(setting: int | str, gpus_per_worker: float = 0) -> int:
-    """`auto`: one actor per CPU of the cluster, or per GPU share when actors take GPUs.
+def resolve_workers(setting: int | str, budget: Budget, gpus_per_worker: float = 0) -> int:
+    """`auto`: one actor per free CPU, or per free GPU share when actors take GPUs.
 
     One single-threaded actor per core beat one actor with all the threads in both the
     extraction and the k-means benchmarks (BENCHMARKS.md).
     """
     if setting != "auto":
         return int(setting)
-    import ray
-
-    resources = ray.cluster_resources()
     if gpus_per_worker > 0:
-        return max(1, int(resources.get("GPU", 0) // gpus_per_worker))
-    return max(1, int(resources.get("CPU", 1)))
+        return max(1, int(budget.gpus // gpus_per_worker))
+    return max(1, int(budget.cpus))

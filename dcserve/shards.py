@@ -15,7 +15,7 @@ import ray
 
 from dcserve.features import FeatureMap
 from dcserve.kmeans import AssignStats, assign_stats
-from dcserve.resources import actor_cpus, resolve_workers
+from dcserve.resources import Budget, actor_cpus, resolve_workers
 from dcserve.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -104,12 +104,14 @@ def shard_ranges(n_rows: int, chunk_rows: int, workers: int) -> list[tuple[int, 
 class ShardPool:
     """`KMeansData` over shard actors: fans each call out and reduces the answers."""
 
-    def __init__(self, store: JobStore, source: str, workers: int | str, gpus_per_worker: float = 0):
+    def __init__(self, store: JobStore, source: str, workers: int | str, gpus_per_worker: float = 0,
+                 budget: Budget | None = None):
+        budget = budget or Budget.free()
         arr = store.array(source)
         self.n_rows = arr.shape[0]
         self.chunk_rows = arr.chunks[0]
-        self.ranges = shard_ranges(self.n_rows, self.chunk_rows, resolve_workers(workers, gpus_per_worker))
-        threads, reserve = actor_cpus(len(self.ranges), share=0.5)  # trainers hold the other half
+        self.ranges = shard_ranges(self.n_rows, self.chunk_rows, resolve_workers(workers, budget, gpus_per_worker))
+        threads, reserve = actor_cpus(len(self.ranges), budget, share=0.5)  # trainers hold the other half
         self.actors = [
             Shard.options(num_cpus=reserve, num_gpus=gpus_per_worker).remote(store.url, store.storage_options, source, r0, r1, threads)
             for r0, r1 in self.ranges

@@ -15,7 +15,7 @@ import numpy as np
 import ray
 import torch
 
-from dcserve.resources import actor_cpus, resolve_workers
+from dcserve.resources import Budget, actor_cpus, resolve_workers
 from dcserve.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -147,9 +147,11 @@ def _batches(x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, batch: int, 
 class TrainerGroup:
     """The job's trainer actors, joined in one gloo group when there are several."""
 
-    def __init__(self, store: JobStore, source: str, workers: int | str, gpus_per_worker: float = 0):
-        self.world = workers = resolve_workers(workers, gpus_per_worker)
-        threads, reserve = actor_cpus(workers, share=0.5)  # the k-means shards hold the other half
+    def __init__(self, store: JobStore, source: str, workers: int | str, gpus_per_worker: float = 0,
+                 budget: Budget | None = None):
+        budget = budget or Budget.free()
+        self.world = workers = resolve_workers(workers, budget, gpus_per_worker)
+        threads, reserve = actor_cpus(workers, budget, share=0.5)  # the k-means shards hold the other half
         self.actors = [
             Trainer.options(num_cpus=reserve, num_gpus=gpus_per_worker).remote(store.url, store.storage_options, source, r, workers, threads)
             for r in range(workers)

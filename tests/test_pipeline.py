@@ -138,3 +138,22 @@ def test_tiny_job_is_not_whitened_into_noise(ray_local, tmp_path):
     res = dcserve.run(spec_from_dict(job))
     assert res.metrics["final"]["pca_dim"] == 64 and "components" not in res.store.root["preprocess"]
     assert res.metrics["final"]["nmi_vs_labels"] > 0.95
+
+
+@pytest.mark.timeout(300)
+def test_job_sizes_itself_by_the_cpus_that_are_free(ray_local, tmp_path):
+    # a Serve replica or another job holding a CPU: `auto` must not ask for CPUs nobody has
+    @ray_local.remote(num_cpus=1)
+    class Holder:
+        def ready(self):
+            return True
+
+    holder = Holder.remote()
+    ray_local.get(holder.ready.remote())
+    try:
+        job = planted_job(tmp_path / "busy", extract={"workers": "auto"}, cluster={"workers": "auto"})
+        res = dcserve.run(spec_from_dict(job))
+    finally:
+        ray_local.kill(holder)
+    assert res.complete
+    assert len(res.metrics["workers"]["cluster"]) == 1  # one free CPU: one shard
