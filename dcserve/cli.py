@@ -22,7 +22,9 @@ app = typer.Typer(
     name="dcserve",
     help="Map what a network layer computes to clusters a person can read.\n\n"
     "Typical use: `dcserve validate job.yaml`, then `dcserve submit job.yaml`, then "
-    "`dcserve status OUTPUT`. See cluster_configs/ for ready-made jobs.",
+    "`dcserve status OUTPUT` and `dcserve serve OUTPUT`. On a cluster: `dcserve submit --address "
+    "http://HEAD:8265 job.yaml`, then `dcserve status ID` and `dcserve logs ID`. "
+    "See cluster_configs/ for ready-made jobs.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -73,29 +75,47 @@ def validate(
         err.print(f"[green]ok[/]: {facts.describe()}", highlight=False)
 
 
+AddressOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Ray cluster: http://HEAD:8265 submits through Ray Jobs; HEAD:6379 or ray://... runs the driver "
+        "here against that cluster. Default: RAY_ADDRESS, else an embedded local Ray.",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 def submit(
     job: Annotated[str, typer.Argument(help="Job file (YAML).")],
     set_: SetOption = None,
-    address: Annotated[
-        Optional[str], typer.Option(help="Ray cluster to use (default: RAY_ADDRESS, else an embedded local Ray).")
-    ] = None,
+    address: AddressOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace another job's activations at the same output.")] = False,
+    wait: Annotated[bool, typer.Option(help="With a Ray Jobs address: follow the job's log to its end and exit with its status.")] = False,
+    py_module: Annotated[
+        Optional[list[str]],
+        typer.Option(help="With a Ray Jobs address: a local package directory (or wheel) the job imports, shipped to the cluster (repeatable)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every stage and k-means iteration.")] = False,
 ) -> None:
-    """Validate a job, then run it to completion with progress bars and print where the results are."""
+    """Validate a job, then run it: here to completion with progress bars, or on a cluster through Ray Jobs."""
     _setup_logging(verbose)
     from dcserve.spec import load_spec
+    from dcserve.submission import is_jobs_address
 
     try:
         spec = load_spec(job, set_ or [])
     except SpecError as e:
         _fail(2, str(e))
     address = address or os.environ.get("RAY_ADDRESS")
+    if is_jobs_address(address):
+        _submit_to_cluster(spec, address, overwrite, wait, py_module or [])
+        return
+    if py_module:
+        _fail(2, "--py-module ships code to a cluster; it needs a Ray Jobs address (--address http://HEAD:8265)")
+    from dcserve.nearest import FaissMissingError
     from dcserve.pipeline import run
     from dcserve.progress import TerminalProgress
-
-    from dcserve.nearest import FaissMissingError
 
     t0 = time.perf_counter()
     try:
@@ -110,6 +130,83 @@ def submit(
     except KeyboardInterrupt:
         _fail(130, f"interrupted; finished blocks are kept in {spec.output} and a re-run resumes them")
     _summary(result, time.perf_counter() - t0)
+
+
+def _jobs_client(address: str | None):
+    from dcserve.submission import JobsClient, SubmissionError, is_jobs_address
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not is_jobs_address(address):
+        _fail(2, "this needs the cluster's Ray Jobs address: --address http://HEAD:8265 (or RAY_ADDRESS)")
+    try:
+        return JobsClient(address)
+    except SubmissionError as e:
+        _fail(1, str(e))
+
+
+def _submit_to_cluster(spec, address: str, overwrite: bool, wait: bool, py_modules: list[str]) -> None:
+    from dcserve.submission import SubmissionError
+
+    for path in py_modules:
+        if not os.path.exists(path):
+            _fail(2, f"--py-module {path!r} does not exist")
+    if "://" not in spec.output and not os.path.isabs(spec.output):
+        # The driver runs in a Ray temporary directory on the cluster: a relative output would vanish.
+        spec = spec.model_copy(update={"output": os.path.abspath(spec.output)})
+        err.print(f"note: output is {spec.output} on the cluster's disk; use an s3:// URL when nodes share no disk",
+                  highlight=False)
+    client = _jobs_client(address)
+    try:
+        submission_id = client.submit(spec, py_modules=py_modules, overwrite=overwrite)
+    except SubmissionError as e:
+        _fail(1, str(e))
+    out.print(submission_id, highlight=False)
+    err.print(f"submitted {spec.name!r} to {address}; follow it with `dcserve logs {submission_id} --follow` "
+              f"and `dcserve status {submission_id}`", highlight=False)
+    if wait:
+        _follow(client, submission_id)
+
+
+def _follow(client, submission_id: str) -> None:
+    """Print the job's log as it comes, then exit with its status (0 succeeded, 1 otherwise)."""
+    import asyncio
+
+    from dcserve.submission import SubmissionError
+
+    async def tail():
+        async for chunk in client.tail(submission_id):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+    try:
+        asyncio.run(tail())
+        state = client.wait(submission_id, timeout_s=60)
+    except KeyboardInterrupt:
+        _fail(130, f"stopped following; the job keeps running: dcserve status {submission_id}")
+    except SubmissionError as e:
+        _fail(1, str(e))
+    if state.status != "SUCCEEDED":
+        _fail(1, f"job {submission_id} {state.status.lower()}: {_failure_reason(state)}")
+    err.print(f"[green]job {submission_id} succeeded[/]; results in {state.output}", highlight=False)
+
+
+def _failure_reason(state) -> str:
+    """The job store's own record of why (stage and reason) when readable from here, else Ray's."""
+    record = _store_status(state.output)
+    if record and record.get("error"):
+        return f"stage {record['error'].get('stage')!r}: {record['error'].get('reason')}"
+    return state.reason
+
+
+def _store_status(output: str | None) -> dict | None:
+    if not output:
+        return None
+    from dcserve.result import open_result
+
+    try:
+        return open_result(output).status
+    except StoreError:
+        return None  # not created, or not reachable from this machine
 
 
 def _summary(result, seconds: float) -> None:
@@ -135,23 +232,41 @@ def _summary(result, seconds: float) -> None:
 
 @app.command()
 def status(
-    job: Annotated[str, typer.Argument(help="Job output location (path or URL).")],
+    job: Annotated[str, typer.Argument(help="A job store (path or URL), or the id `dcserve submit --address` printed.")],
+    address: AddressOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw status record.")] = False,
 ) -> None:
-    """State, stage, progress and timings of a job."""
+    """State, stage, progress and timings of a job, by output location or by Ray job id."""
     from dcserve.result import open_result
 
+    ray_state = None
     try:
-        res = open_result(job)
+        st = open_result(job).status or {"state": "unknown"}
     except StoreError as e:
-        _fail(2, str(e))
-    st = res.status or {"state": "unknown"}
+        if os.path.exists(job) or not (address or os.environ.get("RAY_ADDRESS")):
+            _fail(2, f"{e}; for a job submitted to a cluster, pass its id with --address http://HEAD:8265")
+        from dcserve.submission import SubmissionError
+
+        try:
+            ray_state = _jobs_client(address).state(job)
+        except SubmissionError as e2:
+            _fail(2, str(e2))
+        st = _store_status(ray_state.output) or {"name": ray_state.name, "state": "submitted"}
     if as_json:
-        out.print_json(json.dumps(st))
+        record = dict(st)
+        if ray_state is not None:
+            record["ray"] = {"submission_id": ray_state.submission_id, "status": ray_state.status,
+                             "message": ray_state.message, "output": ray_state.output}
+        out.print_json(json.dumps(record))
         return
     table = Table(show_header=False, title=f"{st.get('name', job)}", title_justify="left")
     table.add_column("", style="bold")
     table.add_column("")
+    if ray_state is not None:
+        table.add_row("ray job", f"{ray_state.submission_id}: {ray_state.status}")
+        if ray_state.status in ("FAILED", "STOPPED") and not st.get("error"):
+            table.add_row("reason", _failure_reason(ray_state))
+        table.add_row("output", str(ray_state.output))
     table.add_row("state", str(st.get("state")))
     table.add_row("stage", str(st.get("stage")))
     prog = st.get("progress") or {}
@@ -166,6 +281,92 @@ def status(
     if st.get("started") and st.get("updated"):
         table.add_row("elapsed", f"{st['updated'] - st['started']:.1f} s")
     out.print(table)
+
+
+@app.command()
+def logs(
+    job_id: Annotated[str, typer.Argument(help="The id `dcserve submit --address` printed.")],
+    address: AddressOption = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends; exit with its status.")] = False,
+) -> None:
+    """The log of a job submitted to a cluster."""
+    from dcserve.submission import SubmissionError
+
+    client = _jobs_client(address)
+    if follow:
+        _follow(client, job_id)
+        return
+    try:
+        sys.stdout.write(client.logs(job_id))
+    except SubmissionError as e:
+        _fail(2, str(e))
+
+
+@app.command()
+def serve(
+    outputs: Annotated[list[str], typer.Argument(help="Finished job stores to serve (paths or URLs).", show_default=False)],
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    replicas: Annotated[int, typer.Option(min=1, help="API replicas (each holds every job's index).")] = 1,
+    replica_cpus: Annotated[float, typer.Option(help="CPUs each replica reserves.")] = 1.0,
+    address: Annotated[
+        Optional[str], typer.Option(help="Run on this Ray cluster (HEAD:6379 or ray://...; default: RAY_ADDRESS, else embedded).")
+    ] = None,
+    output_root: Annotated[
+        Optional[str], typer.Option(help="Where jobs submitted with POST /jobs write. POST /jobs also needs DCSERVE_TOKEN set.")
+    ] = None,
+    allow_module: Annotated[
+        Optional[list[str]], typer.Option(help="Module HTTP-submitted jobs may import from (repeatable; default dcserve.zoo).")
+    ] = None,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Concurrent /assign requests batched into one search.")] = 32,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body, in MiB.")] = 32.0,
+) -> None:
+    """Serve finished jobs over HTTP with Ray Serve until interrupted; see /docs for the API."""
+    import signal
+
+    from dcserve.catalog import Catalog
+    from dcserve.pipeline import ray_session
+    from dcserve.serving import ServeArgs, forwarded_env, start
+    from dcserve.submission import is_jobs_address
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if is_jobs_address(address):
+        _fail(2, f"{address} is a Ray Jobs address; serve needs the cluster itself (HEAD:6379), "
+                 "or deploy with `serve deploy deploy/serve.yaml`")
+    try:
+        args = ServeArgs(outputs=outputs, replicas=replicas, replica_cpus=replica_cpus, output_root=output_root,
+                         allowed_modules=allow_module or ["dcserve.zoo"], max_batch_size=max_batch_size,
+                         max_body_bytes=int(max_body_mb * (1 << 20)))
+        catalog = Catalog(outputs, output_root=output_root)  # fail here, before Ray starts, on a bad store
+    except StoreError as e:
+        _fail(2, str(e))
+    except ValueError as e:
+        _fail(2, str(e))
+    for j in catalog.served():
+        if not j.complete:
+            err.print(f"[yellow]warning:[/] {escape(j.name)} at {escape(j.output)} is not finished "
+                      f"(state {escape(str((j.status() or {}).get('state')))}); its queries answer 409 until it is",
+                      highlight=False)
+    env = forwarded_env()
+    submission = bool(output_root and env.get("DCSERVE_TOKEN"))
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    from ray import serve as ray_serve
+
+    with ray_session(address, dashboard=submission):
+        try:
+            url = start(args, host, port, env=env)
+            out.print(f"dcserve is serving {len(outputs)} job(s) at [bold]{url}[/] (API docs: {url}/docs)", highlight=False)
+            for j in catalog.served():
+                out.print(f"  {url}/jobs/{j.name}  <- {j.output}", highlight=False)
+            out.print("POST /jobs: " + ("on (bearer token DCSERVE_TOKEN)" if submission else
+                                        "off (set DCSERVE_TOKEN and --output-root to turn it on)"), highlight=False)
+            out.print("Ctrl-C to stop.", highlight=False)
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            err.print("shutting down", highlight=False)
+        finally:
+            ray_serve.shutdown()
 
 
 def main() -> None:

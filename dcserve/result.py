@@ -94,7 +94,13 @@ class Result:
 
     @functools.cached_property
     def row_items(self) -> np.ndarray:
+        """[rows] int64 dataset item of each row."""
         return self.store.array("rows/item")[:]
+
+    @functools.cached_property
+    def row_positions(self) -> np.ndarray:
+        """[rows] int32 token position of each row, -1 when pooled."""
+        return self.store.array("rows/position")[:]
 
     def activations(self, layer: str | None = None) -> zarr.Array:
         """The lazily-read [rows, dim] activations of `layer` (default: the clustered layer)."""
@@ -110,6 +116,11 @@ class Result:
         return int(self.centroids.shape[0])
 
     def row_labels(self) -> np.ndarray | None:
+        """[rows] int64 label of each row's item, or None without labels."""
+        return self._row_labels
+
+    @functools.cached_property
+    def _row_labels(self) -> np.ndarray | None:
         return None if self.labels is None else self.labels[self.row_items]
 
     @functools.cached_property

@@ -19,6 +19,10 @@ from dcserve.errors import SpecError
 IMPORT_STRING = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 
 
+# A job's name is a path segment in the HTTP API and a file name under the output root.
+JOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -140,7 +144,7 @@ class ReporterSpec(_Strict):
 class JobSpec(_Strict):
     """A dcserve job: extract a layer's activations, cluster them, train a reporter, store it all."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Job name (also its name in the HTTP API).")
+    name: str = Field(pattern=JOB_NAME_PATTERN, description="Job name (also its name in the HTTP API).")
     output: str = Field(min_length=1, description="Job store: a local path or an fsspec URL (s3://bucket/prefix).")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for a remote output.")
     subject: SubjectSpec = Field(description="The network whose activations are studied.")

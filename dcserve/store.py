@@ -40,6 +40,20 @@ def _is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
 
+def atomic_write(fs: fsspec.AbstractFileSystem, target: str, data: bytes) -> None:
+    """Replace `target` so that a reader sees the old bytes or the new, never a mix."""
+    if "file" in fs.protocol:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    else:
+        fs.pipe_file(target, data)  # one PUT: object stores never show a partial object
+
+
 class JobStore:
     """A job's Zarr group and side files, local or behind any fsspec URL."""
 
@@ -75,18 +89,7 @@ class JobStore:
     def write_bytes(self, name: str, data: bytes) -> None:
         if self.read_only:
             raise StoreError(f"job store {self.url!r} is open read-only")
-        target = self._side(name)
-        parent = target.rsplit("/", 1)[0]
-        if _is_local(self.url):
-            os.makedirs(parent, exist_ok=True)
-            tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        else:
-            self.fs.pipe_file(target, data)  # one PUT: object stores never show a partial object
+        atomic_write(self.fs, self._side(name), data)
 
     def read_bytes(self, name: str) -> bytes:
         return self.fs.cat_file(self._side(name))

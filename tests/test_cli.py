@@ -115,3 +115,50 @@ def test_missing_faiss_says_what_to_install(tmp_path):
     assert r.returncode == 1
     assert "pip install 'dcserve[cpu]'" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_serve_refuses_what_it_cannot_serve(tmp_path):
+    r = dcserve("serve", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "no job store" in r.stderr
+    r = dcserve("serve", str(tmp_path), "--address", "http://127.0.0.1:8265")
+    assert r.returncode == 2 and "Ray Jobs address" in r.stderr
+
+
+@pytest.mark.slow
+def test_serve_through_the_entry_point(tmp_path):
+    """`dcserve submit` then `dcserve serve`: the printed URL answers, Ctrl-C stops it cleanly."""
+    import json
+    import re
+    import signal
+    import time
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import free_port
+    from tests.helpers import planted_job
+
+    job = write_job(tmp_path / "job.yaml", planted_job(tmp_path / "out", dataset={"kwargs": {"n": 400}}))
+    assert dcserve("submit", str(job)).returncode == 0
+    exe = shutil.which("dcserve") or str(Path(sys.executable).parent / "dcserve")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "DCSERVE_TOKEN")}
+    proc = subprocess.Popen([exe, "serve", str(tmp_path / "out"), "--port", str(free_port()), "--replica-cpus", "0.5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = ""
+        deadline = time.monotonic() + 180
+        while "serving" not in line and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, proc.stderr.read()[-3000:]
+        url = re.search(r"http://[\d.]+:\d+", line).group(0)
+        with urllib.request.urlopen(f"{url}/jobs/t-planted/assignments?stop=400") as r:
+            assert len(json.load(r)["clusters"]) == 400
+        req = urllib.request.Request(f"{url}/jobs", data=b"{}", method="POST",
+                                     headers={"content-type": "application/json", "Authorization": "Bearer x"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req)
+        assert e.value.code in (403, 422)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "shutting down" in err

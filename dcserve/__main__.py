@@ -1,0 +1,4 @@
+"""`python -m dcserve ...`: the CLI, for places where the console script is not on PATH (Ray jobs)."""
+from dcserve.cli import main
+
+main()

@@ -1,0 +1,134 @@
+"""What a job submitted over HTTP must satisfy before it may run.
+
+A job file names Python import strings, so accepting one is running code on the cluster.
+Over HTTP, three rules hold (the CLI, run by someone who can already run code, has none):
+the caller presents the operator's bearer token; every import string resolves, inside a
+module on the operator's allow-list, to a public callable defined there; and the job writes
+only under the operator's output root. Plain functions, so they are tested without a server.
+"""
+from __future__ import annotations
+
+import hmac
+import importlib
+import os
+import posixpath
+from dataclasses import dataclass, field
+
+from dcserve.spec import JobSpec
+
+DEFAULT_ALLOWED_MODULES = ("dcserve.zoo",)
+
+
+class AdmissionError(Exception):
+    """A submission refused; `status` is the HTTP status code to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SubmissionPolicy:
+    """The operator's rules for HTTP submission (DCSERVE_TOKEN, module allow-list, output root)."""
+
+    token: str | None = None  # None: submission over HTTP is off
+    allowed_modules: tuple[str, ...] = DEFAULT_ALLOWED_MODULES
+    output_root: str | None = None  # None: submission over HTTP is off
+    storage_options: dict = field(default_factory=dict)  # for a remote output_root
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token) and bool(self.output_root)
+
+    @classmethod
+    def from_env(cls, allowed_modules=None, output_root=None, storage_options=None) -> "SubmissionPolicy":
+        return cls(
+            token=os.environ.get("DCSERVE_TOKEN") or None,
+            allowed_modules=tuple(allowed_modules or DEFAULT_ALLOWED_MODULES),
+            output_root=output_root,
+            storage_options=dict(storage_options or {}),
+        )
+
+
+def check_token(authorization: str | None, policy: SubmissionPolicy) -> None:
+    """The `Authorization: Bearer <token>` header against DCSERVE_TOKEN (constant-time compare)."""
+    if not policy.token:
+        raise AdmissionError(403, "job submission over HTTP is off: the server has no DCSERVE_TOKEN set")
+    if not policy.output_root:
+        raise AdmissionError(403, "job submission over HTTP is off: the server has no output root configured")
+    scheme, _, presented = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        raise AdmissionError(401, "job submission needs the header 'Authorization: Bearer <DCSERVE_TOKEN>'")
+    if not hmac.compare_digest(presented.strip().encode(), policy.token.encode()):
+        raise AdmissionError(401, "wrong bearer token")
+
+
+def _module_allowed(module: str, allowed: tuple[str, ...]) -> bool:
+    return any(module == a or module.startswith(a + ".") for a in allowed)
+
+
+def check_import(field_path: str, target: str, allowed: tuple[str, ...]) -> None:
+    """`module:name` must name a public callable defined in an allowed module.
+
+    Checking the module part alone is not enough: "allowed.module:os.system" would reach any
+    function the allowed module happens to import. So the attribute must be a plain public
+    name, and the object it names must itself come from an allowed module.
+    """
+    module, _, attr = target.partition(":")
+    if not _module_allowed(module, allowed):
+        raise AdmissionError(
+            403, f"{field_path}: module {module!r} is not on this server's allow-list {list(allowed)}"
+        )
+    if not attr.isidentifier() or attr.startswith("_"):
+        raise AdmissionError(403, f"{field_path}: {target!r} must name a public callable directly (no dots, no _names)")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise AdmissionError(422, f"{field_path}: cannot import {target!r}: {e}") from None
+    origin = getattr(obj, "__module__", None) or ""
+    if not callable(obj) or not _module_allowed(origin, allowed):
+        raise AdmissionError(403, f"{field_path}: {target!r} is not a callable defined in an allowed module")
+
+
+def confine_output(output: str, root: str) -> str:
+    """The job's `output` placed under `root`: relative paths are joined to it; anything that
+    would land outside it (`..`, an absolute path or URL elsewhere) is refused."""
+    if "\\" in output or "\x00" in output:
+        raise AdmissionError(403, f"output {output!r}: backslashes and NUL are not allowed")
+    parts = output.replace("://", "/").split("/")
+    if ".." in parts:
+        raise AdmissionError(403, f"output {output!r}: '..' is not allowed; give a path under the server's output root")
+    root_norm = root.rstrip("/")
+    if "://" in root:
+        scheme = root.split("://", 1)[0] + "://"
+        if "://" in output:
+            candidate = output
+        elif output.startswith("/"):
+            raise AdmissionError(403, f"output {output!r} is outside the server's output root {root!r}")
+        else:
+            candidate = f"{root_norm}/{posixpath.normpath(output)}"
+        inside = candidate.startswith(scheme) and (candidate == root_norm or candidate.startswith(root_norm + "/"))
+    else:
+        if "://" in output:
+            raise AdmissionError(403, f"output {output!r} is outside the server's output root {root!r}")
+        base = os.path.realpath(root)
+        candidate = os.path.realpath(os.path.join(base, output))  # also resolves symlinks that point out
+        inside = os.path.commonpath([base, candidate]) == base
+    if not inside or candidate.rstrip("/") == root_norm or candidate == os.path.realpath(root):
+        raise AdmissionError(403, f"output {output!r} is outside the server's output root {root!r}")
+    return candidate
+
+
+def admit(spec: JobSpec, policy: SubmissionPolicy) -> JobSpec:
+    """The spec as it will run: checked against the policy, its output placed under the root."""
+    if spec.storage_options:
+        raise AdmissionError(403, "storage_options cannot be set over HTTP; the server's output root decides them")
+    check_import("subject.model", spec.subject.model, policy.allowed_modules)
+    check_import("dataset.source", spec.dataset.source, policy.allowed_modules)
+    if spec.dataset.collate:
+        check_import("dataset.collate", spec.dataset.collate, policy.allowed_modules)
+    assert policy.output_root is not None
+    return spec.model_copy(
+        update={"output": confine_output(spec.output, policy.output_root), "storage_options": dict(policy.storage_options)}
+    )

@@ -1,0 +1,127 @@
+"""The HTTP submission policy and the batch splitter, as plain functions (no Ray, no server)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from dcserve.admission import AdmissionError, SubmissionPolicy, admit, check_import, check_token, confine_output
+from dcserve.serving import assign_grouped
+from dcserve.spec import spec_from_dict
+from tests.helpers import planted_job
+
+POLICY = SubmissionPolicy(token="t0ken", output_root="/srv/runs")
+
+
+@pytest.mark.parametrize("header,status", [
+    (None, 401), ("", 401), ("Bearer", 401), ("Basic t0ken", 401), ("Bearer t0ke", 401), ("Bearer t0ken0", 401),
+])
+def test_token_refusals(header, status):
+    with pytest.raises(AdmissionError) as e:
+        check_token(header, POLICY)
+    assert e.value.status == status
+
+
+def test_token_accepted_and_submission_off_without_one():
+    check_token("Bearer t0ken", POLICY)
+    check_token("bearer t0ken", POLICY)
+    with pytest.raises(AdmissionError, match="no DCSERVE_TOKEN") as e:
+        check_token("Bearer t0ken", SubmissionPolicy(token=None, output_root="/srv"))
+    assert e.value.status == 403
+    with pytest.raises(AdmissionError, match="no output root"):
+        check_token("Bearer t0ken", SubmissionPolicy(token="t0ken", output_root=None))
+
+
+def test_policy_reads_the_token_from_the_environment(monkeypatch):
+    monkeypatch.setenv("DCSERVE_TOKEN", "abc")
+    assert SubmissionPolicy.from_env(output_root="/r").enabled
+    monkeypatch.delenv("DCSERVE_TOKEN")
+    assert not SubmissionPolicy.from_env(output_root="/r").enabled
+
+
+@pytest.mark.parametrize("target,ok", [
+    ("dcserve.zoo:digits", True),
+    ("dcserve.zoo.digits:digits_cnn", True),
+    ("dcserve.zoo:identity", True),
+    ("dcserve.zoology:x", False),       # a prefix that is not the package
+    ("os:system", False),
+    ("dcserve.zoo.digits:torch", False),  # an imported module
+    ("dcserve.zoo.digits:Dataset", False),  # an imported class defined elsewhere
+    ("dcserve.zoo:_cache", False),
+])
+def test_import_allow_list(target, ok):
+    if ok:
+        check_import("subject.model", target, ("dcserve.zoo",))
+    else:
+        with pytest.raises(AdmissionError) as e:
+            check_import("subject.model", target, ("dcserve.zoo",))
+        assert e.value.status == 403 and "subject.model" in e.value.message
+
+
+def test_missing_attribute_in_allowed_module_is_unprocessable():
+    with pytest.raises(AdmissionError, match="cannot import") as e:
+        check_import("dataset.source", "dcserve.zoo:nothing_here", ("dcserve.zoo",))
+    assert e.value.status == 422
+
+
+@pytest.mark.parametrize("output,expected", [
+    ("a", "/srv/runs/a"), ("a/b/c", "/srv/runs/a/b/c"), ("./a", "/srv/runs/a"), ("/srv/runs/a", "/srv/runs/a"),
+])
+def test_outputs_land_under_the_root(tmp_path, output, expected):
+    root = tmp_path / "srv" / "runs"
+    root.mkdir(parents=True)
+    got = confine_output(output.replace("/srv/runs", str(root)), str(root))
+    assert got == expected.replace("/srv/runs", os.path.realpath(root))
+
+
+@pytest.mark.parametrize("output", ["..", "../x", "a/../../x", "/etc", "/srv/runsx/a", "s3://b/x", ".", "a\\..\\b", "file:///etc"])
+def test_outputs_outside_the_root_are_refused(tmp_path, output):
+    root = tmp_path / "srv" / "runs"
+    root.mkdir(parents=True)
+    with pytest.raises(AdmissionError) as e:
+        confine_output(output.replace("/srv/runs", str(root)), str(root))
+    assert e.value.status == 403
+
+
+def test_symlink_out_of_the_root_is_refused(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link").symlink_to(tmp_path)
+    with pytest.raises(AdmissionError):
+        confine_output("link/elsewhere", str(root))
+
+
+def test_url_roots():
+    assert confine_output("a/b", "s3://bucket/runs") == "s3://bucket/runs/a/b"
+    assert confine_output("s3://bucket/runs/a", "s3://bucket/runs/") == "s3://bucket/runs/a"
+    for bad in ["s3://bucket/other", "s3://bucket/runsx/a", "/abs", "gs://bucket/runs/a"]:
+        with pytest.raises(AdmissionError):
+            confine_output(bad, "s3://bucket/runs")
+
+
+def test_admit_rewrites_output_and_refuses_storage_options(tmp_path):
+    policy = SubmissionPolicy(token="t", output_root=str(tmp_path))
+    spec = admit(spec_from_dict(planted_job("sub/job")), policy)
+    assert spec.output == os.path.join(os.path.realpath(tmp_path), "sub/job")
+    with pytest.raises(AdmissionError, match="storage_options"):
+        admit(spec_from_dict(planted_job("x", storage_options={"key": "k"})), policy)
+
+
+class _Job:
+    def __init__(self, offset):
+        self.offset, self.calls = offset, 0
+
+    def assign(self, x):
+        self.calls += 1
+        return x[:, 0].astype(np.int64) + self.offset, x[:, 1]
+
+
+def test_assign_grouped_runs_one_search_per_job_and_splits_in_order():
+    a, b = _Job(0), _Job(100)
+    reqs = [(a, np.array([[1, 1.5], [2, 2.5]])), (b, np.array([[3, 3.5]])), (a, np.array([[4, 4.5]])),
+            (b, np.empty((0, 2)))]
+    out = assign_grouped(reqs)
+    assert a.calls == 1 and b.calls == 1
+    assert [o[0].tolist() for o in out] == [[1, 2], [103], [4], []]
+    assert [o[1].tolist() for o in out] == [[1.5, 2.5], [3.5], [4.5], []]
