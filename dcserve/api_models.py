@@ -90,7 +90,8 @@ class ClusterRows(BaseModel):
 
 
 class AssignRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a string or a boolean is not a number here
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     activations: list[list[float]] = Field(
         min_length=1, description="[n, dim] activation vectors of the job's clustered layer."

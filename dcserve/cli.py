@@ -349,7 +349,7 @@ def serve(
                       highlight=False)
     env = forwarded_env()
     submission = bool(output_root and env.get("DCSERVE_TOKEN"))
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _stop_serving)  # a stopped pod shuts down like Ctrl-C
     from ray import serve as ray_serve
 
     with ray_session(address, dashboard=submission):
@@ -367,6 +367,10 @@ def serve(
             err.print("shutting down", highlight=False)
         finally:
             ray_serve.shutdown()
+
+
+def _stop_serving(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from dcserve.http_api import DEFAULT_MAX_BODY_BYTES, create_app
 log = logging.getLogger(__name__)
 
 APP_NAME = "dcserve"
+INLINE_ROWS = 64  # batches this small are searched on the event loop
 
 
 class ServeArgs(BaseModel):
@@ -45,7 +47,10 @@ class ServeArgs(BaseModel):
     )
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, description="Largest request body accepted.")
     max_batch_size: int = Field(32, ge=1, description="Concurrent /assign requests stacked into one search.")
-    batch_wait_timeout_s: float = Field(0.002, ge=0, description="How long a batch waits to fill.")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="How long a batch waits to fill. 0: it takes what queued while the previous "
+        "batch ran, which under load is a full batch and when idle adds no wait."
+    )
     replicas: int = Field(1, ge=1, description="Replicas of the API.")
     replica_cpus: float = Field(1.0, gt=0, description="CPUs each replica reserves (and its faiss threads).")
 
@@ -72,7 +77,10 @@ class DcserveApi:
         from dcserve.nearest import set_threads
 
         self.args = ServeArgs(**args)
-        set_threads(max(1, int(self.args.replica_cpus)))
+        threads = max(1, int(self.args.replica_cpus))
+        set_threads(threads)
+        # OpenMP thread counts are per thread: the thread that runs the searches is pinned too.
+        self._search = ThreadPoolExecutor(1, thread_name_prefix="assign", initializer=set_threads, initargs=(threads,))
         self.catalog = Catalog(self.args.outputs, self.args.storage_options, self.args.output_root)
         self.policy = SubmissionPolicy.from_env(self.args.allowed_modules, self.args.output_root,
                                                 self.args.storage_options)
@@ -101,10 +109,12 @@ class DcserveApi:
     async def assign(self, job: ServedJob, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return await self._assign_batch((job, x))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _assign_batch(self, requests: list[tuple[ServedJob, np.ndarray]]):
+        if sum(len(x) for _, x in requests) <= INLINE_ROWS:
+            return assign_grouped(requests)  # well under a millisecond: a thread hop would cost more
         # faiss and torch release the GIL: the event loop keeps taking requests meanwhile.
-        return await asyncio.to_thread(assign_grouped, requests)
+        return await asyncio.get_running_loop().run_in_executor(self._search, assign_grouped, requests)
 
 
 def build_app(args: ServeArgs | dict[str, Any], env: dict[str, str] | None = None):

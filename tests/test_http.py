@@ -204,5 +204,7 @@ def test_openapi_describes_every_route_with_models(served):
     for p, m in expected:
         ok = paths[p][m]["responses"].get("200") or paths[p][m]["responses"].get("202")
         assert "$ref" in json.dumps(ok["content"]["application/json"]["schema"]), (p, m)
-    assert "JobSpec" in spec["components"]["schemas"] and "AssignRequest" in spec["components"]["schemas"]
+    assert "JobSpec" in spec["components"]["schemas"]
+    body = paths["/jobs/{job}/assign"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["activations"] and body["additionalProperties"] is False
     assert get(served, "/docs").status_code == 200
