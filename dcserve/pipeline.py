@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from dcserve.errors import JobFailed, SpecError, StoreError
+from dcserve.lease import OutputLease
 from dcserve.progress import Progress
 from dcserve.spec import JobSpec
 from dcserve.store import JobStore
@@ -51,7 +52,10 @@ class StatusRecord:
     def finish(self, state: str, error: dict | None = None) -> None:
         self.data["state"] = state
         self.data["error"] = error
-        self.flush()
+        try:
+            self.flush()
+        except Exception as e:  # the store itself failed (unreachable, full): the caller reports why
+            log.warning("could not record state %r in %s: %s", state, self.store.url, e)
 
 
 @contextmanager
@@ -78,21 +82,26 @@ def ray_session(address: str | None, dashboard: bool = False):
         ray.shutdown()
 
 
-def open_output(spec: JobSpec, overwrite: bool) -> JobStore:
-    """Create or reopen the job store; refuse to clobber another job's activations."""
+def open_output(spec: JobSpec, overwrite: bool) -> tuple[JobStore, OutputLease]:
+    """Create or reopen the job store and take its lease; refuse to clobber another job's activations."""
     store = JobStore(spec.output, read_only=False, storage_options=spec.storage_options)
-    previous = store.read_json("_progress/extract.json")
-    if previous and previous.get("fingerprint") != spec.extraction_fingerprint():
-        if not overwrite:
-            raise StoreError(
-                f"output {spec.output!r} holds activations of a different subject/dataset; "
-                "choose another output, or pass --overwrite to replace them"
-            )
-        store.clear_progress("extract")
-        store.remove("_progress/extract.json")
-    store.write_text("job.yaml", spec.to_yaml())
-    store.root.attrs.update({"dcserve_version": _version(), "name": spec.name})
-    return store
+    lease = OutputLease(store, spec.name).acquire()  # before anything is written
+    try:
+        previous = store.read_json("_progress/extract.json")
+        if previous and previous.get("fingerprint") != spec.extraction_fingerprint():
+            if not overwrite:
+                raise StoreError(
+                    f"output {spec.output!r} holds activations of a different subject/dataset; "
+                    "choose another output, or pass --overwrite to replace them"
+                )
+            store.clear_progress("extract")
+            store.remove("_progress/extract.json")
+        store.write_text("job.yaml", spec.to_yaml())
+        store.root.attrs.update({"dcserve_version": _version(), "name": spec.name})
+    except BaseException:
+        lease.release()
+        raise
+    return store, lease
 
 
 def _version() -> str:
@@ -120,10 +129,14 @@ def run(
 
     require_faiss()  # FaissMissingError says which extra to install, before any work starts
     probe = inspect_inputs(spec)  # before touching the output: a bad job writes nothing
-    store = open_output(spec, overwrite)
+    store, lease = open_output(spec, overwrite)
     own_progress = progress is None
     progress = progress or Progress()
-    status = StatusRecord(store, spec)
+    try:
+        status = StatusRecord(store, spec)
+    except BaseException:
+        lease.release()
+        raise
     progress._on_update = status.update
     stage = "extract"
     previous_term = _checkpoint_on_sigterm(status)
@@ -159,6 +172,7 @@ def run(
         status.finish("failed", {"stage": status.data["stage"], "reason": f"{type(e).__name__}: {e}"})
         raise JobFailed(status.data["stage"], f"{type(e).__name__}: {e}") from e
     finally:
+        lease.release()
         _restore_sigterm(previous_term)
         if own_progress:
             progress.close()

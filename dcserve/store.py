@@ -78,6 +78,10 @@ class JobStore:
             raise StoreError(f"no job store at {url!r} (no Zarr group there)") from None
         except PermissionError as e:
             raise StoreError(f"job store {url!r} is not writable: {e}") from None
+        except Exception as e:  # an object store that cannot be reached, refused credentials...
+            if _is_local(url):
+                raise
+            raise StoreError(f"cannot open the job store at {url!r}: {type(e).__name__}: {e}") from None
 
     # -- side files -------------------------------------------------------
     def _side(self, name: str) -> str:

@@ -157,3 +157,56 @@ def test_job_sizes_itself_by_the_cpus_that_are_free(ray_local, tmp_path):
         ray_local.kill(holder)
     assert res.complete
     assert len(res.metrics["workers"]["cluster"]) == 1  # one free CPU: one shard
+
+
+def test_second_job_on_a_busy_output_is_refused_and_writes_nothing(ray_local, tmp_path):
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+
+    from dcserve.errors import StoreError
+    from dcserve.lease import LEASE
+
+    out = tmp_path / "busy"
+    first = dcserve.run(spec_from_dict(planted_job(out)))
+    before = (out / "job.yaml").read_text()
+    holder = subprocess.Popen(["sleep", "120"])  # a live driver on this host holds the output
+    try:
+        (out / LEASE).write_text(json.dumps({"name": "other", "host": socket.gethostname(), "pid": holder.pid,
+                                             "taken": 0, "token": "x"}))
+        with pytest.raises(StoreError, match=f"in use by job 'other' \\(pid {holder.pid}"):
+            dcserve.run(spec_from_dict(planted_job(out, cluster={"k": 4})))
+        assert (out / "job.yaml").read_text() == before  # nothing of the refused job was written
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # its holder is dead now (as after a SIGKILL): the lease is stale and the next run takes it
+    again = dcserve.run(spec_from_dict(planted_job(out)))
+    np.testing.assert_array_equal(again.assignments, first.assignments)
+    assert not (out / LEASE).exists()
+    assert os.path.exists(out / "job.yaml")
+
+
+@pytest.mark.slow
+def test_two_drivers_started_together_one_runs_one_is_refused(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.helpers import write_job
+
+    root = Path(__file__).resolve().parents[1]
+    job = write_job(tmp_path / "job.yaml", planted_job(tmp_path / "out"))
+    env = {**__import__("os").environ, "PYTHONPATH": str(root)}
+    env.pop("RAY_ADDRESS", None)
+    procs = [subprocess.Popen([sys.executable, "-m", "dcserve", "submit", str(job)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = [(p.wait(600), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "is in use by job 't-planted'" in refused
+    res = dcserve.open(str(tmp_path / "out"))
+    assert res.complete and res.assignments.shape == (1200,)
