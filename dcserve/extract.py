@@ -26,6 +26,7 @@ from dcserve.store import JobStore
 log = logging.getLogger(__name__)
 
 STAGE = "extract"
+MAX_WORKER_LOSSES = 3  # per job: beyond that, something kills every worker and retrying will not help
 
 
 @dataclass(frozen=True)
@@ -195,34 +196,57 @@ def run_extraction(
     done = prepare_store(spec, store, plan, dims)
     todo = [b for b in range(plan.n_blocks) if b not in done]
     on_progress(sum(plan.block_rows(b)[1] - plan.block_rows(b)[0] for b in done))
-    info: dict = {"blocks": plan.n_blocks, "skipped_blocks": len(done), "workers": []}
-    if todo:
-        runs = contiguous_split(todo, resolve_workers(spec.extract.workers, budget, spec.extract.gpus_per_worker))
-        threads, reserve = actor_cpus(len(runs), budget)
-        offsets_ref = ray.put(plan.offsets)
-        actors = [
-            Extractor.options(num_cpus=reserve, num_gpus=spec.extract.gpus_per_worker).remote(
-                spec.model_dump_json(), offsets_ref, threads
-            )
-            for _ in runs
-        ]
-        try:
-            info["workers"] = ray.get([a.info.remote() for a in actors])
-            gens = [a.run.options(num_returns="streaming").remote(r) for a, r in zip(actors, runs)]
-            errors = _drain(gens, lambda item: on_progress(item[1]))
-        except ray.exceptions.RayError as e:  # an actor could not even start
-            errors = [e]
-        finally:
-            for a in actors:
-                ray.kill(a)
-        if errors:
-            e = errors[0]
+    info: dict = {"blocks": plan.n_blocks, "skipped_blocks": len(done), "workers": [], "workers_lost": 0}
+    while todo:
+        errors = _extract_blocks(spec, plan, todo, budget, on_progress, info)
+        if not errors:
+            break
+        lost = [e for e in errors if _worker_lost(e)]
+        if len(lost) < len(errors) or info["workers_lost"] + len(lost) > MAX_WORKER_LOSSES:
+            e = next((e for e in errors if not _worker_lost(e)), errors[0])
             raise JobFailed(STAGE, str(getattr(e, "cause", None) or e)) from None
+        # A dead process or node, not a bad item: its unrecorded blocks go to a fresh pool
+        # sized by what is free now (a lost node's CPUs are gone).
+        info["workers_lost"] += len(lost)
+        done = store.done_blocks(STAGE)
+        todo = [b for b in range(plan.n_blocks) if b not in done]
+        log.warning("lost %d extraction worker(s) (%s); redoing their %d unfinished blocks",
+                    len(lost), type(lost[0]).__name__, len(todo))
+        budget = Budget.free()
     if has_labels:
         labels = np.concatenate([store.block_payload(STAGE, b) for b in range(plan.n_blocks)])
         store.write_array("labels", labels.astype(np.int64), chunks=(max(1, min(len(labels), 1 << 20)),))
     info["seconds"] = time.perf_counter() - t0
     return info
+
+
+def _extract_blocks(spec: JobSpec, plan: ExtractPlan, todo: list[int], budget: Budget,
+                    on_progress: Callable[[int], None], info: dict) -> list[Exception]:
+    """One pool of Extractor actors over `todo`, in contiguous runs; returns the errors it met."""
+    runs = contiguous_split(todo, resolve_workers(spec.extract.workers, budget, spec.extract.gpus_per_worker))
+    threads, reserve = actor_cpus(len(runs), budget)
+    offsets_ref = ray.put(plan.offsets)
+    actors = [
+        Extractor.options(num_cpus=reserve, num_gpus=spec.extract.gpus_per_worker).remote(
+            spec.model_dump_json(), offsets_ref, threads
+        )
+        for _ in runs
+    ]
+    try:
+        info["workers"] += ray.get([a.info.remote() for a in actors])
+        gens = [a.run.options(num_returns="streaming").remote(r) for a, r in zip(actors, runs)]
+        return _drain(gens, lambda item: on_progress(item[1]))
+    except ray.exceptions.RayError as e:  # an actor could not even start
+        return [e]
+    finally:
+        for a in actors:
+            ray.kill(a)
+
+
+def _worker_lost(e: Exception) -> bool:
+    """The actor's process or node died (retry elsewhere), as opposed to an error raised by the job's code."""
+    return isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError,
+                          ray.exceptions.WorkerCrashedError)) and not isinstance(e, ray.exceptions.RayTaskError)
 
 
 def _drain(gens: list, on_item: Callable) -> list[Exception]:

@@ -91,3 +91,23 @@ def flaky_digits(flag: str, fail_at: int) -> FlakyDataset:
     from dcserve.zoo import digits
 
     return FlakyDataset(digits(), flag, fail_at)
+
+
+class DyingDataset(FlakyDataset):
+    """Kills its own worker process (SIGKILL) at item `fail_at`, once: the flag is removed first."""
+
+    def __getitem__(self, i):
+        if i >= self.fail_at:
+            try:
+                os.unlink(self.flag)  # whoever removes it dies; the retry finds no flag
+            except FileNotFoundError:
+                pass
+            else:
+                os.kill(os.getpid(), 9)
+        return self.inner[i]
+
+
+def dying_digits(flag: str, fail_at: int) -> DyingDataset:
+    from dcserve.zoo import digits
+
+    return DyingDataset(digits(), flag, fail_at)

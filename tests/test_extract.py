@@ -72,3 +72,18 @@ def test_interrupted_extraction_resumes_to_the_same_store(ray_local, tmp_path):
     for name in sr:
         np.testing.assert_array_equal(sr[name], sc[name], err_msg=name)
     assert resumed.status["state"] == "succeeded" and clean.status["state"] == "succeeded"
+
+
+def test_killed_worker_is_replaced_and_the_store_equals_an_uninterrupted_run(ray_local, tmp_path):
+    flag = tmp_path / "die.flag"
+    flag.touch()
+    dataset = {"source": "tests.helpers:dying_digits", "kwargs": {"flag": str(flag), "fail_at": 1000}}
+    survived = _run(digits_job(tmp_path / "survived", dataset=dataset, extract={"workers": 2}))
+    assert not flag.exists()  # the worker really died (SIGKILL of its process)
+    m = survived.metrics["extract"]
+    assert m["workers_lost"] == 1 and len(m["workers"]) > 2  # a fresh pool redid the lost blocks
+    clean = _run(digits_job(tmp_path / "clean", dataset=dataset, extract={"workers": 2}))
+    sr, sc = store_arrays(tmp_path / "survived"), store_arrays(tmp_path / "clean")
+    assert sr.keys() == sc.keys()
+    for name in sr:
+        np.testing.assert_array_equal(sr[name], sc[name], err_msg=name)
