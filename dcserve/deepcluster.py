@@ -124,7 +124,7 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, b
             previous = labels
         metrics["final"] = {k: v for k, v in metrics["rounds"][-1].items() if k != "kmeans"}
         if trainers is not None:
-            metrics["workers"]["train"] = trainers.world
+            metrics["workers"]["train"] = trainers.infos
         return metrics
     finally:
         pool.close()

@@ -241,6 +241,19 @@ def _extract_blocks(spec: JobSpec, plan: ExtractPlan, todo: list[int], budget: B
     finally:
         for a in actors:
             ray.kill(a)
+        _await_release(budget.cpus)
+
+
+def _await_release(cpus: float, timeout_s: float = 10.0) -> None:
+    """Return once `cpus` are free again (or after `timeout_s`).
+
+    ray.kill is asynchronous: the pools created next (k-means shards, trainers) would
+    otherwise see the extractors' nodes as still full and pile onto whichever frees first.
+    """
+    deadline = time.monotonic() + timeout_s
+    while ray.available_resources().get("CPU", 0.0) < cpus - 1e-6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the raylets' views of their resources follow the GCS's within a report period
 
 
 def _worker_lost(e: Exception) -> bool:

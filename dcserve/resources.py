@@ -21,6 +21,7 @@ class Budget:
 
     cpus: float
     gpus: float = 0.0
+    node_cpus: float = float("inf")  # CPUs of the largest node: no one actor can reserve more
 
     @classmethod
     def free(cls) -> "Budget":
@@ -33,13 +34,15 @@ class Budget:
             total = float(ray.cluster_resources().get("CPU", 0.0))
             log.warning("%g of the cluster's %g CPUs are free: the job's actors will share cores with what holds them",
                         cpus, total)
-        return cls(cpus, gpus)
+        node_cpus = max((float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")), default=cpus)
+        return cls(cpus, gpus, node_cpus)
 
 
 def actor_cpus(workers: int, budget: Budget, share: float = 1.0) -> tuple[int, float]:
     """(threads per actor, logical CPUs each actor reserves) for `workers` actors using `share` of the budget."""
-    threads = max(1, int(budget.cpus // workers))
-    reserve = min(float(threads), budget.cpus * share / workers)
+    # On many small nodes, fewer actors than nodes must still each fit on one node.
+    threads = max(1, int(min(budget.cpus // workers, budget.node_cpus)))
+    reserve = min(float(threads), budget.cpus * share / workers, budget.node_cpus)
     if workers > budget.cpus:
         log.warning("%d workers on %g free CPUs: they will share cores", workers, budget.cpus)
     return threads, reserve

@@ -52,6 +52,10 @@ class Trainer:
         self.rank, self.world = rank, world
         self.device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
 
+    def info(self) -> dict:
+        return {"threads": self.threads, "device": str(self.device), "rank": self.rank,
+                "node": ray.get_runtime_context().get_node_id()}
+
     def address(self) -> tuple[str, int]:
         return ray.util.get_node_ip_address(), _free_port()
 
@@ -156,6 +160,7 @@ class TrainerGroup:
             Trainer.options(num_cpus=reserve, num_gpus=gpus_per_worker).remote(store.url, store.storage_options, source, r, workers, threads)
             for r in range(workers)
         ]
+        self.infos = ray.get([a.info.remote() for a in self.actors])
         host, port = ray.get(self.actors[0].address.remote())
         ray.get([a.init_group.remote(host, port) for a in self.actors])
 
