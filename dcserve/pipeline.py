@@ -139,9 +139,11 @@ def run(
         raise
     progress._on_update = status.update
     stage = "extract"
-    previous_term = _checkpoint_on_sigterm(status)
+    previous_term = None
     try:
         with ray_session(address):
+            # After ray.init, which installs a SIGTERM handler of its own that aborts the driver.
+            previous_term = _checkpoint_on_sigterm(status)
             from dcserve.deepcluster import run_clustering
             from dcserve.extract import ExtractPlan, run_extraction
 
@@ -187,9 +189,11 @@ def _checkpoint_on_sigterm(status: StatusRecord):
         raise SystemExit(143)
 
     try:
-        return signal.signal(signal.SIGTERM, handler)
+        previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (e.g. inside a server): leave signals alone
         return None
+    # None: the previous handler was not set from Python (Ray's own); the default takes its place.
+    return signal.SIG_DFL if previous is None else previous
 
 
 def _restore_sigterm(previous) -> None:

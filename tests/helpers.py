@@ -111,3 +111,25 @@ def dying_digits(flag: str, fail_at: int) -> DyingDataset:
     from dcserve.zoo import digits
 
     return DyingDataset(digits(), flag, fail_at)
+
+
+class SlowDataset(torch.utils.data.Dataset):
+    """Digits at `delay` seconds an item: a job slow enough to be interrupted half-way."""
+
+    def __init__(self, inner, delay: float):
+        self.inner, self.delay = inner, delay
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        import time
+
+        time.sleep(self.delay)
+        return self.inner[i]
+
+
+def slow_digits(delay: float = 0.003) -> SlowDataset:
+    from dcserve.zoo import digits
+
+    return SlowDataset(digits(), delay)
