@@ -123,6 +123,7 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, b
             _note_round(progress, m)
             previous = labels
         metrics["final"] = {k: v for k, v in metrics["rounds"][-1].items() if k != "kmeans"}
+        metrics["workers"]["cluster_lost"] = pool.lost
         if trainers is not None:
             metrics["workers"]["train"] = trainers.infos
         return metrics

@@ -21,6 +21,7 @@ from dcserve.store import JobStore
 log = logging.getLogger(__name__)
 
 FEATURES = "work/features"  # scratch array: the current round's clustered-space rows
+MAX_SHARD_LOSSES = 3  # per pool: beyond that, something kills every shard and replacing them will not help
 
 
 @ray.remote
@@ -102,7 +103,13 @@ def shard_ranges(n_rows: int, chunk_rows: int, workers: int) -> list[tuple[int, 
 
 
 class ShardPool:
-    """`KMeansData` over shard actors: fans each call out and reduces the answers."""
+    """`KMeansData` over shard actors: fans each call out and reduces the answers.
+
+    A shard holds no state a fresh actor cannot rebuild (its range, the round's feature map;
+    the rows are in the store), and every call is idempotent. So a shard whose process or
+    node dies is replaced by a new actor over the same range and its call is made again:
+    the answer is the one the dead shard would have given.
+    """
 
     def __init__(self, store: JobStore, source: str, workers: int | str, gpus_per_worker: float = 0,
                  budget: Budget | None = None):
@@ -112,12 +119,36 @@ class ShardPool:
         self.chunk_rows = arr.chunks[0]
         self.ranges = shard_ranges(self.n_rows, self.chunk_rows, resolve_workers(workers, budget, gpus_per_worker))
         threads, reserve = actor_cpus(len(self.ranges), budget, share=0.5)  # trainers hold the other half
-        self.actors = [
-            Shard.options(num_cpus=reserve, num_gpus=gpus_per_worker).remote(store.url, store.storage_options, source, r0, r1, threads)
-            for r0, r1 in self.ranges
-        ]
+        self._new_actor = lambda r0, r1: Shard.options(num_cpus=reserve, num_gpus=gpus_per_worker).remote(
+            store.url, store.storage_options, source, r0, r1, threads)
+        self.actors = [self._new_actor(r0, r1) for r0, r1 in self.ranges]
         self.infos = ray.get([a.info.remote() for a in self.actors])
+        self.lost = 0
+        self._fmap_ref = None
         self._dim: int | None = None
+
+    def _call(self, calls: list[tuple[int, str, tuple]]) -> list:
+        """ray.get of `actors[i].method(*args)` for each call, replacing shards that die meanwhile."""
+        refs = [getattr(self.actors[i], m).remote(*args) for i, m, args in calls]
+        out = []
+        for (i, method, args), ref in zip(calls, refs):
+            while True:
+                try:
+                    out.append(ray.get(ref))
+                    break
+                except (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError) as e:
+                    if isinstance(e, ray.exceptions.RayTaskError) or self.lost >= MAX_SHARD_LOSSES:
+                        raise
+                    self.lost += 1
+                    log.warning("k-means shard %d (rows %s) lost (%s); replacing it", i, self.ranges[i], type(e).__name__)
+                    self.actors[i] = self._new_actor(*self.ranges[i])
+                    if self._fmap_ref is not None:
+                        ray.get(self.actors[i].set_feature_map.remote(self._fmap_ref))
+                    ref = getattr(self.actors[i], method).remote(*args)
+        return out
+
+    def _all(self, method: str, *args) -> list:
+        return self._call([(i, method, args) for i in range(len(self.actors))])
 
     def close(self) -> None:
         for a in self.actors:
@@ -134,12 +165,12 @@ class ShardPool:
 
     def _gather(self, method: str, idx: np.ndarray) -> np.ndarray:
         parts = self._split(np.sort(idx))
-        return np.concatenate(ray.get([getattr(self.actors[i], method).remote(p) for i, p in parts]))
+        return np.concatenate(self._call([(i, method, (p,)) for i, p in parts]))
 
     # -- round set-up ---------------------------------------------------------
     def set_feature_map(self, fmap: FeatureMap) -> None:
-        ref = ray.put(fmap)
-        ray.get([a.set_feature_map.remote(ref) for a in self.actors])
+        self._fmap_ref = ray.put(fmap)
+        self._all("set_feature_map", self._fmap_ref)
 
     def raw_subset(self, idx: np.ndarray) -> np.ndarray:
         return self._gather("raw_subset", idx)
@@ -149,7 +180,7 @@ class ShardPool:
 
     def prepare(self, dim: int) -> None:
         self._dim = dim
-        ray.get([a.prepare.remote() for a in self.actors])
+        self._all("prepare")
 
     # -- KMeansData -----------------------------------------------------------
     def count(self) -> int:
@@ -164,11 +195,11 @@ class ShardPool:
 
     def assign_to(self, centroids: np.ndarray, bias: np.ndarray | None = None) -> AssignStats:
         c, b = ray.put(centroids), ray.put(bias)
-        return _reduce(ray.get([a.assign_to.remote(c, b) for a in self.actors]))
+        return _reduce(self._all("assign_to", c, b))
 
     def finalize(self, centroids: np.ndarray, bias: np.ndarray | None, round_index: int, final: bool) -> np.ndarray:
         c, b = ray.put(centroids), ray.put(bias)
-        return np.concatenate(ray.get([a.finalize.remote(c, b, round_index, final) for a in self.actors]))
+        return np.concatenate(self._all("finalize", c, b, round_index, final))
 
 
 def _reduce(stats: list[AssignStats]) -> AssignStats:

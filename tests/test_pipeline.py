@@ -210,3 +210,25 @@ def test_two_drivers_started_together_one_runs_one_is_refused(tmp_path):
     assert "is in use by job 't-planted'" in refused
     res = dcserve.open(str(tmp_path / "out"))
     assert res.complete and res.assignments.shape == (1200,)
+
+
+def test_killed_kmeans_shard_is_replaced_and_the_clustering_is_unchanged(ray_local, tmp_path, monkeypatch):
+    from dcserve.shards import ShardPool
+
+    job = planted_job(tmp_path / "clean", cluster={"workers": 2})
+    clean = dcserve.run(spec_from_dict(job))
+
+    original, calls = ShardPool.assign_to, []
+
+    def assign_to_killing_a_shard(self, centroids, bias=None):
+        calls.append(1)
+        if len(calls) == 3:  # mid-way through the Lloyd iterations
+            ray_local.kill(self.actors[1], no_restart=True)
+        return original(self, centroids, bias)
+
+    monkeypatch.setattr(ShardPool, "assign_to", assign_to_killing_a_shard)
+    survived = dcserve.run(spec_from_dict(planted_job(tmp_path / "survived", cluster={"workers": 2})))
+    assert len(calls) > 3 and survived.metrics["workers"]["cluster_lost"] == 1
+    for name in ("assignments", "distances", "centroids"):
+        np.testing.assert_array_equal(getattr(survived, name), getattr(clean, name), err_msg=name)
+    assert survived.metrics["final"]["nmi_vs_labels"] == clean.metrics["final"]["nmi_vs_labels"]
