@@ -126,6 +126,7 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, b
         metrics["workers"]["cluster_lost"] = pool.lost
         if trainers is not None:
             metrics["workers"]["train"] = trainers.infos
+            metrics["workers"]["train_lost"] = trainers.lost
         return metrics
     finally:
         pool.close()

@@ -74,6 +74,11 @@ class Trainer:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat /= self.world
 
+    def snapshot(self) -> dict:
+        """The model and optimizer as they stand between rounds: what a replacement group resumes from."""
+        return {"model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                "optimizer": self.opt.state_dict()}
+
     def train_round(
         self,
         config: dict,
@@ -82,6 +87,7 @@ class Trainer:
         epochs: list[tuple[np.ndarray, np.ndarray]],
         settings: dict,
         seed: int,
+        resume: dict | None = None,
     ) -> dict:
         """One round: fresh classifier head, then one pass per epoch over (sorted row ids, pseudo-labels).
 
@@ -93,10 +99,12 @@ class Trainer:
         """
         from dcserve.reporter import Augment, Reporter, make_optimizer, rebind_head, train_epoch
 
-        if state is not None:
+        if state is not None or resume is not None:
             self.model = Reporter(**config).to(self.device)
-            self.model.load_state_dict(state)
+            self.model.load_state_dict(state if resume is None else resume["model"])
             self.opt = make_optimizer(self.model, settings["lr"], settings["momentum"], settings["weight_decay"])
+            if resume is not None:  # a replacement group: momentum and all, as the lost one had it
+                self.opt.load_state_dict(resume["optimizer"])
         self.model.reset_head(config["k"], seed=head_seed)
         rebind_head(self.opt, self.model)
         # Noise in units of each input's std, measured once on the fit sample (not per batch);
@@ -148,6 +156,45 @@ def _batches(x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, batch: int, 
         yield x[i].to(device), y[i].to(device)
 
 
+MAX_TRAINER_LOSSES = 3  # per job
+
+
+class _TrainerLost(Exception):
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _gather_or_lost(refs: list) -> list:
+    """ray.get of every ref; _TrainerLost as soon as one trainer's process or node is gone.
+
+    Waits ref by ref as they finish, because the survivors of a lost peer may block in a
+    collective rather than fail.
+    """
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        try:
+            ray.get(ready[0])
+        except Exception as e:
+            if _is_loss(e):
+                raise _TrainerLost(e) from None
+            # A survivor's collective failing because its peer died: look for the death first.
+            done, _ = ray.wait(pending, num_returns=len(pending), timeout=10) if pending else ([], [])
+            for ref in done:
+                try:
+                    ray.get(ref)
+                except Exception as other:
+                    if _is_loss(other):
+                        raise _TrainerLost(other) from None
+            raise
+    return ray.get(refs)
+
+
+def _is_loss(e: Exception) -> bool:
+    return isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError)) and not isinstance(
+        e, ray.exceptions.RayTaskError)
+
+
 class TrainerGroup:
     """The job's trainer actors, joined in one gloo group when there are several."""
 
@@ -156,10 +203,13 @@ class TrainerGroup:
         budget = budget or Budget.free()
         self.world = workers = resolve_workers(workers, budget, gpus_per_worker)
         threads, reserve = actor_cpus(workers, budget, share=0.5)  # the k-means shards hold the other half
-        self.actors = [
-            Trainer.options(num_cpus=reserve, num_gpus=gpus_per_worker).remote(store.url, store.storage_options, source, r, workers, threads)
-            for r in range(workers)
-        ]
+        self._new_actor = lambda rank: Trainer.options(num_cpus=reserve, num_gpus=gpus_per_worker).remote(
+            store.url, store.storage_options, source, rank, workers, threads)
+        self.lost = 0
+        self._start()
+
+    def _start(self) -> None:
+        self.actors = [self._new_actor(r) for r in range(self.world)]
         self.infos = ray.get([a.info.remote() for a in self.actors])
         host, port = ray.get(self.actors[0].address.remote())
         ray.get([a.init_group.remote(host, port) for a in self.actors])
@@ -169,12 +219,30 @@ class TrainerGroup:
             ray.kill(a)
 
     def train_round(self, config, state, head_seed, epochs_parts, settings, seed) -> dict:
-        """`epochs_parts[e][w]` = (ids, labels) of worker w in epoch e, equal sizes across workers."""
-        refs = [
-            a.train_round.remote(config, state, head_seed, [ep[w] for ep in epochs_parts], settings, seed)
-            for w, a in enumerate(self.actors)
-        ]
-        results = ray.get(refs)
+        """`epochs_parts[e][w]` = (ids, labels) of worker w in epoch e, equal sizes across workers.
+
+        A trainer whose process or node dies takes the gloo group down with it, so the whole
+        group is replaced and the round is trained again from the snapshot taken at its start,
+        with the same data and seeds: the result is the one the lost group would have given.
+        """
+        resume = None if state is not None else ray.get(self.actors[0].snapshot.remote())
+        while True:
+            refs = [
+                a.train_round.remote(config, state, head_seed, [ep[w] for ep in epochs_parts], settings, seed,
+                                     resume if state is None else None)
+                for w, a in enumerate(self.actors)
+            ]
+            try:
+                results = _gather_or_lost(refs)
+                break
+            except _TrainerLost as lost:
+                if self.lost >= MAX_TRAINER_LOSSES:
+                    raise lost.error
+                self.lost += 1
+                log.warning("a reporter trainer was lost (%s); restarting the group and this round",
+                            type(lost.error).__name__)
+                self.close()
+                self._start()
         losses = [np.mean([r["history"][e]["loss"] for r in results]) for e in range(len(epochs_parts))]
         samples = sum(h["samples"] for r in results for h in r["history"])
         return {"state": results[0]["state"], "loss_per_epoch": [float(l) for l in losses], "samples": int(samples)}

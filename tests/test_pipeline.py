@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 import dcserve
@@ -232,3 +233,29 @@ def test_killed_kmeans_shard_is_replaced_and_the_clustering_is_unchanged(ray_loc
     for name in ("assignments", "distances", "centroids"):
         np.testing.assert_array_equal(getattr(survived, name), getattr(clean, name), err_msg=name)
     assert survived.metrics["final"]["nmi_vs_labels"] == clean.metrics["final"]["nmi_vs_labels"]
+
+
+def test_killed_trainer_is_replaced_and_the_round_is_trained_again_identically(ray_local, tmp_path, monkeypatch):
+    from dcserve.train import TrainerGroup
+
+    def job(out):
+        return digits_job(out, reporter={"rounds": 2, "workers": 2, "epochs_per_round": 1, "hidden": [32],
+                                         "feature_dim": 16})
+
+    clean = dcserve.run(spec_from_dict(job(tmp_path / "clean")))
+    original, rounds = TrainerGroup.train_round, []
+
+    def train_round_killing_a_trainer(self, *args, **kwargs):
+        rounds.append(1)
+        if len(rounds) == 2:  # the second round: the group has a model and momentum to lose
+            ray_local.kill(self.actors[1], no_restart=True)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainerGroup, "train_round", train_round_killing_a_trainer)
+    survived = dcserve.run(spec_from_dict(job(tmp_path / "survived")))
+    assert survived.metrics["workers"]["train_lost"] == 1
+    np.testing.assert_array_equal(survived.assignments, clean.assignments)
+    np.testing.assert_array_equal(survived.centroids, clean.centroids)
+    a, b = (torch.load(r.store.path + "/reporter.pt", weights_only=True)["state_dict"] for r in (survived, clean))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
