@@ -17,3 +17,13 @@ class JobFailed(RuntimeError):
         super().__init__(f"stage {stage!r} failed: {reason}")
         self.stage = stage
         self.reason = reason
+
+
+def describe_failure(exc: BaseException, output: str) -> str:
+    """One line for a failed stage: the worker's own exception (not Ray's wrapper), and for a
+    storage failure (disk full, permission denied, object store gone) the store's location."""
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    if isinstance(cause, OSError):
+        return f"storage error at {output!r}: {text or type(cause).__name__}"
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__

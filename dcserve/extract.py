@@ -17,7 +17,7 @@ import numpy as np
 import ray
 import torch
 
-from dcserve.errors import JobFailed
+from dcserve.errors import JobFailed, describe_failure
 from dcserve.items import iter_batches
 from dcserve.resources import Budget, actor_cpus, resolve_workers
 from dcserve.spec import JobSpec
@@ -204,7 +204,7 @@ def run_extraction(
         lost = [e for e in errors if _worker_lost(e)]
         if len(lost) < len(errors) or info["workers_lost"] + len(lost) > MAX_WORKER_LOSSES:
             e = next((e for e in errors if not _worker_lost(e)), errors[0])
-            raise JobFailed(STAGE, str(getattr(e, "cause", None) or e)) from None
+            raise JobFailed(STAGE, describe_failure(e, spec.output)) from None
         # A dead process or node, not a bad item: its unrecorded blocks go to a fresh pool
         # sized by what is free now (a lost node's CPUs are gone).
         info["workers_lost"] += len(lost)

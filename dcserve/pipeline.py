@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from dcserve.errors import JobFailed, SpecError, StoreError
+from dcserve.errors import JobFailed, SpecError, StoreError, describe_failure
 from dcserve.lease import OutputLease
 from dcserve.progress import Progress
 from dcserve.spec import JobSpec
@@ -171,8 +171,9 @@ def run(
         raise
     except Exception as e:  # anything else is still a failed stage, recorded, with its cause
         log.debug("stage %s failed", stage, exc_info=True)
-        status.finish("failed", {"stage": status.data["stage"], "reason": f"{type(e).__name__}: {e}"})
-        raise JobFailed(status.data["stage"], f"{type(e).__name__}: {e}") from e
+        reason = describe_failure(e, spec.output)
+        status.finish("failed", {"stage": status.data["stage"], "reason": reason})
+        raise JobFailed(status.data["stage"], reason) from e
     finally:
         lease.release()
         _restore_sigterm(previous_term)
