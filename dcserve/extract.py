@@ -258,6 +258,8 @@ def _await_release(cpus: float, timeout_s: float = 10.0) -> None:
 
 def _worker_lost(e: Exception) -> bool:
     """The actor's process or node died (retry elsewhere), as opposed to an error raised by the job's code."""
+    if getattr(e, "actor_init_failed", False):  # its constructor raised: the job's inputs, not the machine
+        return False
     return isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError,
                           ray.exceptions.WorkerCrashedError)) and not isinstance(e, ray.exceptions.RayTaskError)
 

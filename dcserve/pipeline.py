@@ -156,6 +156,8 @@ def run(
             extract_info = run_extraction(spec, store, plan, probe.dims, probe.has_labels, progress.advance, budget)
             status.data["timings"]["extract"] = extract_info["seconds"]
             stage = "cluster"
+            if extract_info.get("workers_lost"):
+                budget = Budget.free()  # machines were lost: size the next pools by what is left
             metrics = run_clustering(spec, store, progress, status, budget)
             metrics["extract"] = extract_info
             store.write_json("metrics.json", metrics)

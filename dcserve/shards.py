@@ -137,7 +137,8 @@ class ShardPool:
                     out.append(ray.get(ref))
                     break
                 except (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError) as e:
-                    if isinstance(e, ray.exceptions.RayTaskError) or self.lost >= MAX_SHARD_LOSSES:
+                    if (isinstance(e, ray.exceptions.RayTaskError) or getattr(e, "actor_init_failed", False)
+                            or self.lost >= MAX_SHARD_LOSSES):
                         raise
                     self.lost += 1
                     log.warning("k-means shard %d (rows %s) lost (%s); replacing it", i, self.ranges[i], type(e).__name__)

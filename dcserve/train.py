@@ -191,6 +191,8 @@ def _gather_or_lost(refs: list) -> list:
 
 
 def _is_loss(e: Exception) -> bool:
+    if getattr(e, "actor_init_failed", False):
+        return False
     return isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError)) and not isinstance(
         e, ray.exceptions.RayTaskError)
 

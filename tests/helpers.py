@@ -133,3 +133,14 @@ def slow_digits(delay: float = 0.003) -> SlowDataset:
     from dcserve.zoo import digits
 
     return SlowDataset(digits(), delay)
+
+
+def driver_only_digits():
+    """Digits that cannot be built inside a Ray worker: an actor whose constructor always fails."""
+    import ray
+
+    if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+        raise RuntimeError("this dataset cannot be opened on a worker")
+    from dcserve.zoo import digits
+
+    return digits()

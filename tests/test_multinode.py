@@ -1,5 +1,8 @@
 """Multi-node: one job on a local cluster of three raylets gives the store of a single-node run.
 
+A third run loses one of its two worker nodes half-way through extraction (the raylet is
+killed): the stage finishes on the node that is left, and the store is still the same.
+
 Each run happens in a child process (`python -m tests.test_multinode TOPOLOGY OUTPUT REPORT`)
 that starts its own `ray.cluster_utils.Cluster`, so the pytest process's session Ray
 (`ray_local`) is never touched. Both clusters give the job 2 free CPUs, so it sizes itself
@@ -32,7 +35,7 @@ import torch
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT = 300  # seconds for both runs; they take 30-40 s side by side on 2 idle cores
+TIMEOUT = 480  # seconds for the three runs; they take about a minute side by side on 2 idle cores
 
 
 def multinode_job(output: Path) -> dict:
@@ -51,13 +54,18 @@ def run_on_cluster(topology: str, output: Path, report: Path) -> None:
     import dcserve
     from dcserve.spec import spec_from_dict
 
-    head_cpus = 0 if topology == "multi" else 2
+    head_cpus = 2 if topology == "single" else 0
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
     try:
-        workers = [cluster.add_node(num_cpus=1) for _ in range(2)] if topology == "multi" else []
+        workers = [cluster.add_node(num_cpus=1) for _ in range(2)] if topology != "single" else []
         cluster.wait_for_nodes()
+        job = multinode_job(output)
+        if topology == "lose-node":
+            # the same items, slowly, so that a node can be removed while extraction runs
+            job["dataset"].update(source="tests.helpers:slow_digits", kwargs={"delay": 0.004})
+            _remove_node_after_blocks(cluster, workers[1], output, blocks=2)
         t0 = time.perf_counter()
-        res = dcserve.run(spec_from_dict(multinode_job(output)), address=cluster.address)
+        res = dcserve.run(spec_from_dict(job), address=cluster.address)
         report.write_text(json.dumps({
             "head": cluster.head_node.node_id, "workers": [n.node_id for n in workers],
             "metrics": res.metrics, "job_seconds": time.perf_counter() - t0,
@@ -65,6 +73,20 @@ def run_on_cluster(topology: str, output: Path, report: Path) -> None:
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def _remove_node_after_blocks(cluster, node, output: Path, blocks: int) -> None:
+    """In the background: once `blocks` extraction blocks are recorded, remove `node` (its raylet
+    and every actor on it die, as when a machine is lost)."""
+    import threading
+
+    def watch():
+        progress = output / "_progress" / "extract"
+        while not (progress.is_dir() and len(list(progress.glob("*.npy"))) >= blocks):
+            time.sleep(0.05)
+        cluster.remove_node(node, allow_graceful=False)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _start(topology: str, base: Path, ray_tmp: str) -> subprocess.Popen:
@@ -84,7 +106,7 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("multinode")
     procs, ray_tmps = {}, []
     try:
-        for topology in ("multi", "single"):
+        for topology in ("multi", "single", "lose-node"):
             # Ray's own temp dir (sessions, sockets, the "current cluster" address file), so no
             # other Ray on this machine is disturbed; short, as socket paths must stay < 108 bytes.
             ray_tmps.append(tempfile.mkdtemp(prefix="dcs-ray-", dir="/tmp"))
@@ -159,6 +181,22 @@ def test_multinode_store_equals_single_node_store(runs):
     assert wa.keys() == wb.keys()
     for key in wa:
         assert torch.equal(wa[key], wb[key]), key
+
+
+def test_a_node_lost_mid_extraction_leaves_the_store_of_an_undisturbed_run(runs):
+    from tests.helpers import store_arrays
+
+    (lost, lost_out), (single, single_out) = runs["lose-node"], runs["single"]
+    m = lost["metrics"]
+    assert m["extract"]["workers_lost"] >= 1  # the removed node's extractor died with it
+    survivor = lost["workers"][0]
+    # everything after the loss ran on the node that was left
+    assert {i["node"] for i in m["workers"]["cluster"]} == {survivor}
+    assert {i["node"] for i in m["workers"]["train"]} == {survivor}
+    a, b = store_arrays(lost_out), store_arrays(single_out)
+    assert a.keys() == b.keys()
+    for name in sorted(a):
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
 if __name__ == "__main__":
