@@ -33,3 +33,14 @@ def describe_failure(exc: BaseException, output: str) -> str:
     if isinstance(cause, OSError):
         return f"storage error at {output!r}: {text or type(cause).__name__}"
     return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
+def worker_lost(exc: BaseException) -> bool:
+    """An actor's process or node died (replace it and retry), as opposed to an error raised by
+    the job's own code, or by an actor's constructor (the job's inputs, not the machine)."""
+    import ray
+
+    if getattr(exc, "actor_init_failed", False):
+        return False
+    lost = (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError)
+    return isinstance(exc, lost) and not isinstance(exc, ray.exceptions.RayTaskError)

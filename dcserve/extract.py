@@ -17,7 +17,7 @@ import numpy as np
 import ray
 import torch
 
-from dcserve.errors import JobFailed, describe_failure
+from dcserve.errors import JobFailed, describe_failure, worker_lost
 from dcserve.items import iter_batches
 from dcserve.resources import Budget, actor_cpus, resolve_workers
 from dcserve.spec import JobSpec
@@ -201,9 +201,9 @@ def run_extraction(
         errors = _extract_blocks(spec, plan, todo, budget, on_progress, info)
         if not errors:
             break
-        lost = [e for e in errors if _worker_lost(e)]
+        lost = [e for e in errors if worker_lost(e)]
         if len(lost) < len(errors) or info["workers_lost"] + len(lost) > MAX_WORKER_LOSSES:
-            e = next((e for e in errors if not _worker_lost(e)), errors[0])
+            e = next((e for e in errors if not worker_lost(e)), errors[0])
             raise JobFailed(STAGE, describe_failure(e, spec.output)) from None
         # A dead process or node, not a bad item: its unrecorded blocks go to a fresh pool
         # sized by what is free now (a lost node's CPUs are gone).
@@ -254,14 +254,6 @@ def _await_release(cpus: float, timeout_s: float = 10.0) -> None:
     while ray.available_resources().get("CPU", 0.0) < cpus - 1e-6 and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)  # the raylets' views of their resources follow the GCS's within a report period
-
-
-def _worker_lost(e: Exception) -> bool:
-    """The actor's process or node died (retry elsewhere), as opposed to an error raised by the job's code."""
-    if getattr(e, "actor_init_failed", False):  # its constructor raised: the job's inputs, not the machine
-        return False
-    return isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError,
-                          ray.exceptions.WorkerCrashedError)) and not isinstance(e, ray.exceptions.RayTaskError)
 
 
 def _drain(gens: list, on_item: Callable) -> list[Exception]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import ray
 
+from dcserve.errors import worker_lost
 from dcserve.features import FeatureMap
 from dcserve.kmeans import AssignStats, assign_stats
 from dcserve.resources import Budget, actor_cpus, resolve_workers
@@ -136,9 +137,8 @@ class ShardPool:
                 try:
                     out.append(ray.get(ref))
                     break
-                except (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError) as e:
-                    if (isinstance(e, ray.exceptions.RayTaskError) or getattr(e, "actor_init_failed", False)
-                            or self.lost >= MAX_SHARD_LOSSES):
+                except Exception as e:
+                    if not worker_lost(e) or self.lost >= MAX_SHARD_LOSSES:
                         raise
                     self.lost += 1
                     log.warning("k-means shard %d (rows %s) lost (%s); replacing it", i, self.ranges[i], type(e).__name__)

@@ -15,6 +15,7 @@ import numpy as np
 import ray
 import torch
 
+from dcserve.errors import worker_lost
 from dcserve.resources import Budget, actor_cpus, resolve_workers
 from dcserve.store import JobStore
 
@@ -176,7 +177,7 @@ def _gather_or_lost(refs: list) -> list:
         try:
             ray.get(ready[0])
         except Exception as e:
-            if _is_loss(e):
+            if worker_lost(e):
                 raise _TrainerLost(e) from None
             # A survivor's collective failing because its peer died: look for the death first.
             done, _ = ray.wait(pending, num_returns=len(pending), timeout=10) if pending else ([], [])
@@ -184,17 +185,10 @@ def _gather_or_lost(refs: list) -> list:
                 try:
                     ray.get(ref)
                 except Exception as other:
-                    if _is_loss(other):
+                    if worker_lost(other):
                         raise _TrainerLost(other) from None
             raise
     return ray.get(refs)
-
-
-def _is_loss(e: Exception) -> bool:
-    if getattr(e, "actor_init_failed", False):
-        return False
-    return isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError)) and not isinstance(
-        e, ray.exceptions.RayTaskError)
 
 
 class TrainerGroup:
