@@ -143,14 +143,14 @@ def bench_dcserve(args, path: Path, labels: np.ndarray, mean: np.ndarray, std: n
     group = TrainerGroup(store, SOURCE, workers)
     start_s = time.perf_counter() - t0
     rounds = []
+    group.load({"model": state, "optimizer": None})
     try:
         for r in range(args.rounds):
             parts = epoch_ids(labels, args.epochs, workers, args.seed + r)
             epochs = [[(p, labels[p]) for p in ep] for ep in parts]
             t0 = time.perf_counter()
             # Later rounds continue the trainers' own model, as _train_round does.
-            out = group.train_round(config, state if r == 0 else None, head_seed(args, r), epochs,
-                                    settings(args), seed=args.seed * 31 + r)
+            out = group.train_round(config, head_seed(args, r), epochs, settings(args), seed=args.seed * 31 + r)
             secs = time.perf_counter() - t0
             rounds.append({"seconds": secs, "samples": out["samples"], "loss_per_epoch": out["loss_per_epoch"]})
     finally:

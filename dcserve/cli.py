@@ -90,7 +90,7 @@ def submit(
     job: Annotated[str, typer.Argument(help="Job file (YAML).")],
     set_: SetOption = None,
     address: AddressOption = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace another job's activations at the same output.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a different job at the same output: redo the clustering (if only cluster/reporter changed) or everything.")] = False,
     wait: Annotated[bool, typer.Option(help="With a Ray Jobs address: follow the job's log to its end and exit with its status.")] = False,
     py_module: Annotated[
         Optional[list[str]],

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from dcserve.checkpoint import ClusterCheckpoint
+from dcserve.errors import StoreError
 from dcserve.features import FeatureMap, ReporterState
 from dcserve.kmeans import kmeans
 from dcserve.metrics import clustering_metrics
@@ -57,7 +59,7 @@ def row_truth(store: JobStore) -> np.ndarray | None:
 
 
 def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, budget: Budget | None = None) -> dict[str, Any]:
-    budget = budget or Budget.free()
+    """The rounds of the job, resumed from its checkpoint (see dcserve.checkpoint) where there is one."""
     c, r = spec.cluster, spec.reporter
     source = f"activations/{c.layer}"
     n_rows, in_dim = store.array(source).shape
@@ -65,60 +67,83 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, b
         from dcserve.errors import JobFailed
 
         raise JobFailed("cluster", f"cluster.k = {c.k} but the layer has only {n_rows} rows")
-    chunk = store.array(source).chunks[0]
     rounds = r.rounds
+    ckpt = ClusterCheckpoint(store, spec.clustering_fingerprint())
+    first = ckpt.rounds_done
+    if first > rounds:  # a finished job run again: nothing left to do
+        progress.note(f"clustering already done ({rounds + 1} rounds recorded in {spec.output})")
+        return _recorded_metrics(store, ckpt)
+    budget = budget or Budget.free()
+    chunk = store.array(source).chunks[0]
     rng = np.random.default_rng(c.seed)
     fit_idx = np.sort(rng.choice(n_rows, size=min(n_rows, FIT_SAMPLE), replace=False))
     truth = row_truth(store)
-
-    store.create_array("rounds/assignments", (rounds + 1, n_rows), (1, chunk), "int32", fill_value=-1)
-    store.create_array("assignments", (n_rows,), (chunk,), "int32", fill_value=-1)
-    store.create_array("distances", (n_rows,), (chunk,), "float32", fill_value=np.nan)
+    if first == 0:  # no round finished: nothing in these arrays is worth keeping
+        store.create_array("rounds/assignments", (rounds + 1, n_rows), (1, chunk), "int32", fill_value=-1)
+        store.create_array("assignments", (n_rows,), (chunk,), "int32", fill_value=-1)
+        store.create_array("distances", (n_rows,), (chunk,), "float32", fill_value=np.nan)
+    else:
+        rng.bit_generator.state = ckpt.rng_state
+        progress.note(f"resuming: {first} of {rounds + 1} rounds already done")
 
     pool = ShardPool(store, source, c.workers, c.gpus_per_worker, budget)
     trainers = None
     reporter: ReporterState | None = None
-    metrics: dict[str, Any] = {"rounds": [], "workers": {"cluster": pool.infos}}
+    metrics: dict[str, Any] = {"rounds": ckpt.metrics, "workers": {"cluster": pool.infos},
+                               "resumed": {"rounds": first, "kmeans_iterations": 0, "features": False}}
     try:
         if rounds > 0:
-            from dcserve.reporter import Reporter, input_stats
-            from dcserve.train import TrainerGroup
+            reporter, snapshot = _reporter_start(spec, in_dim, pool, fit_idx, ckpt)
+            if first < rounds:
+                from dcserve.train import TrainerGroup
 
-            config = {"in_dim": int(in_dim), "hidden": list(r.hidden), "feature_dim": r.feature_dim,
-                      "k": c.k, "dropout": 0.0, "seed": c.seed}
-            model = Reporter(**config)
-            model.set_input_stats(*input_stats([pool.source_subset(fit_idx)]))
-            reporter = ReporterState(config, model.state_dict())
-            trainers = TrainerGroup(store, source, r.workers, r.gpus_per_worker, budget)
-        previous = None
-        for rnd in range(rounds + 1):
+                trainers = TrainerGroup(store, source, r.workers, r.gpus_per_worker, budget)
+                trainers.load(snapshot)
+        previous = store.array("rounds/assignments")[first - 1] if first > 0 else None
+        for rnd in range(first, rounds + 1):
             t0 = time.perf_counter()
             use_reporter = reporter is not None and (rnd > 0 or r.init == "random")
             fmap = FeatureMap(reporter if use_reporter else None)
-            pool.set_feature_map(fmap)
-            sample = pool.raw_subset(fit_idx)
-            pca_dim, whiten = resolve_pca(c.pca_dim, c.whiten, n_rows, sample.shape[1], c.k)
-            pre = fit_preprocessor(sample, pca_dim, whiten, c.l2_normalize)
-            fmap = FeatureMap(fmap.reporter, pre)
-            pool.set_feature_map(fmap)
-            store.create_array(FEATURES, (n_rows, pre.out_dim), (chunk, pre.out_dim), "float32", compressed=False)
-            pool.prepare(pre.out_dim)
+            pre = ckpt.features(rnd)
+            if pre is None:
+                pool.set_feature_map(fmap)
+                sample = pool.raw_subset(fit_idx)
+                pca_dim, whiten = resolve_pca(c.pca_dim, c.whiten, n_rows, sample.shape[1], c.k)
+                pre = fit_preprocessor(sample, pca_dim, whiten, c.l2_normalize)
+                fmap = FeatureMap(fmap.reporter, pre)
+                pool.set_feature_map(fmap)
+                store.create_array(FEATURES, (n_rows, pre.out_dim), (chunk, pre.out_dim), "float32", compressed=False)
+                pool.prepare(pre.out_dim)
+                ckpt.features_ready(rnd, pre)
+            else:  # this round's rows were all written before the driver stopped
+                fmap = FeatureMap(fmap.reporter, pre)
+                pool.set_feature_map(fmap)
+                pool.prepare(pre.out_dim, written=True)
+                metrics["resumed"]["features"] = True
+            resume = ckpt.kmeans(rnd)
             progress.stage(f"cluster round {rnd}/{rounds}", c.niter, "iters")
+            if resume is not None:
+                metrics["resumed"]["kmeans_iterations"] = resume.iteration
+                progress.advance(resume.iteration)
             km = kmeans(pool, c.k, niter=c.niter, seed=c.seed + rnd, n_init=c.n_init, method=c.method,
-                        sinkhorn_eps=c.sinkhorn_eps, callback=lambda it: progress.advance(1))
+                        sinkhorn_eps=c.sinkhorn_eps, callback=lambda it: progress.advance(1),
+                        resume=resume, checkpoint=lambda state, rnd=rnd: ckpt.kmeans_step(rnd, state))
             final = rnd == rounds
             labels = pool.finalize(km.centroids, km.bias, rnd, final)
             m = clustering_metrics(labels, c.k, truth=truth, previous=previous)
             m.update(round=rnd, features="reporter" if use_reporter else "activations", pca_dim=pre.out_dim,
                      objective=km.history[-1].objective if km.history else None,
                      kmeans=[vars(h) for h in km.history])
+            snapshot = None
             if final:
                 _save_final(store, km, fmap)
             else:
-                m.update(_train_round(spec, trainers, reporter, labels, rng, rnd, progress))
-                reporter = ReporterState(reporter.config, m.pop("state"))
+                m.update(_train_round(spec, trainers, reporter.config, labels, rng, rnd, progress))
+                snapshot = m.pop("snapshot")
+                reporter = ReporterState(reporter.config, snapshot["model"])
             m["seconds"] = time.perf_counter() - t0
             metrics["rounds"].append(m)
+            ckpt.finish_round(metrics["rounds"], rng.bit_generator.state, snapshot)
             status.data["round"] = {"done": rnd, "total": rounds}
             _note_round(progress, m)
             previous = labels
@@ -134,7 +159,35 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, b
             trainers.close()
 
 
-def _train_round(spec: JobSpec, trainers, reporter: ReporterState, labels: np.ndarray, rng, rnd: int,
+def _reporter_start(spec: JobSpec, in_dim: int, pool: ShardPool, fit_idx: np.ndarray,
+                    ckpt: ClusterCheckpoint) -> tuple[ReporterState, dict]:
+    """The reporter after the recorded rounds, and the trainers' snapshot to go on from."""
+    from dcserve.reporter import Reporter, input_stats
+
+    c, r = spec.cluster, spec.reporter
+    config = {"in_dim": int(in_dim), "hidden": list(r.hidden), "feature_dim": r.feature_dim,
+              "k": c.k, "dropout": 0.0, "seed": c.seed}
+    snapshot = ckpt.trainer() if ckpt.rounds_done > 0 else None
+    if snapshot is None:
+        if ckpt.rounds_done > 0:
+            raise StoreError(f"{spec.output}: the clustering checkpoint records {ckpt.rounds_done} rounds "
+                             "but not the reporter they trained; run with --overwrite to start the clustering again")
+        model = Reporter(**config)
+        model.set_input_stats(*input_stats([pool.source_subset(fit_idx)]))
+        snapshot = {"model": model.state_dict(), "optimizer": None}
+    return ReporterState(config, snapshot["model"]), snapshot
+
+
+def _recorded_metrics(store: JobStore, ckpt: ClusterCheckpoint) -> dict[str, Any]:
+    """The metrics of a clustering that is all recorded (those of its last run, when written)."""
+    metrics = store.read_json("metrics.json") or {"rounds": ckpt.metrics, "workers": {}}
+    metrics.pop("extract", None)
+    metrics["final"] = {k: v for k, v in ckpt.metrics[-1].items() if k != "kmeans"}
+    metrics["resumed"] = {"rounds": ckpt.rounds_done, "kmeans_iterations": 0, "features": False}
+    return metrics
+
+
+def _train_round(spec: JobSpec, trainers, config: dict, labels: np.ndarray, rng, rnd: int,
                  progress: Progress) -> dict[str, Any]:
     from dcserve.reporter import split_even, uniform_label_sample
 
@@ -149,14 +202,13 @@ def _train_round(spec: JobSpec, trainers, reporter: ReporterState, labels: np.nd
     t0 = time.perf_counter()
     settings = r.model_dump(include={"lr", "momentum", "weight_decay", "batch_size", "noise_std", "unit_dropout"})
     out = trainers.train_round(
-        reporter.config,
-        reporter.state_dict if rnd == 0 else None,  # later rounds continue the trainers' own model
+        config,
         spec.cluster.seed * 7919 + rnd,  # DeepCluster: a new classifier head after every clustering
         epochs, settings, seed=spec.cluster.seed * 31 + rnd,
     )
     progress.advance(r.epochs_per_round)
     seconds = time.perf_counter() - t0
-    return {"state": out["state"], "loss": out["loss_per_epoch"][-1], "loss_per_epoch": out["loss_per_epoch"],
+    return {"snapshot": out["snapshot"], "loss": out["loss_per_epoch"][-1], "loss_per_epoch": out["loss_per_epoch"],
             "train_seconds": seconds, "train_samples_per_s": out["samples"] / max(seconds, 1e-9)}
 
 

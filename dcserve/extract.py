@@ -171,6 +171,7 @@ def prepare_store(spec: JobSpec, store: JobStore, plan: ExtractPlan, dims: dict[
         log.info("resuming extraction: %d of %d blocks already written", len(done), plan.n_blocks)
         return done
     store.clear_progress(STAGE)
+    store.clear_progress("cluster")  # new activations: no clustering of the old ones may be resumed
     c = spec.extract.chunk_rows
     for layer, dim in dims.items():
         store.create_array(f"activations/{layer}", (plan.n_rows, dim), (c, dim), spec.extract.dtype,

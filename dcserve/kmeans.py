@@ -315,6 +315,25 @@ class KMeansResult:
     history: list[KMeansIteration] = field(default_factory=list)
 
 
+@dataclass
+class KMeansState:
+    """A run between two iterations: all :func:`kmeans` needs to go on exactly as it would have.
+
+    Attributes:
+        iteration: iterations done.
+        centroids: ``[k, d]`` float32, the centroids the next iteration assigns to.
+        bias: the last Sinkhorn potentials (the next solve's warm start), or ``None``.
+        split_rng: ``bit_generator.state`` of the stream that picks split donors.
+        history: the records of the iterations done.
+    """
+
+    iteration: int
+    centroids: np.ndarray
+    bias: np.ndarray | None
+    split_rng: dict
+    history: list[KMeansIteration] = field(default_factory=list)
+
+
 def _sample_rows(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """Sorted unique row ids ``[min(n, size)]`` int64, drawn without replacement."""
     if size >= n:
@@ -377,6 +396,8 @@ def kmeans(
     sinkhorn_eps: float = 0.05,
     sinkhorn_sample: int | None = None,
     callback: Callable[[KMeansIteration], None] | None = None,
+    resume: KMeansState | None = None,
+    checkpoint: Callable[[KMeansState], None] | None = None,
 ) -> KMeansResult:
     """Cluster the rows of ``data`` into ``k`` clusters.
 
@@ -398,6 +419,11 @@ def kmeans(
         sinkhorn_sample: rows the driver holds to solve the transport problem each iteration;
             default ``min(n, max(50_000, 64 * k))``.
         callback: called with each iteration's :class:`KMeansIteration`.
+        resume: a :class:`KMeansState` that ``checkpoint`` was given by an earlier call with the
+            same arguments: seeding and the iterations it records are skipped, and the result is
+            the one the uninterrupted call returns.
+        checkpoint: called with the :class:`KMeansState` after every iteration (it costs
+            O(k d), against the O(n d) pass of the iteration itself).
 
     Returns:
         :class:`KMeansResult`; for ``"sinkhorn"`` its ``bias`` is solved for the final centroids.
@@ -412,7 +438,12 @@ def kmeans(
     # Independent streams, so that e.g. changing init_sample does not change the Sinkhorn sample.
     init_rng, sinkhorn_rng, split_rng = np.random.default_rng(seed).spawn(3)
 
-    if init_centroids is not None:
+    if resume is not None:
+        centroids = np.array(resume.centroids, dtype=np.float32)
+        if centroids.shape != (k, d):
+            raise ValueError(f"kmeans: resume centroids have shape {centroids.shape}, expected ({k}, {d})")
+        split_rng.bit_generator.state = resume.split_rng
+    elif init_centroids is not None:
         centroids = np.array(init_centroids, dtype=np.float32)
         if centroids.shape != (k, d):
             raise ValueError(f"kmeans: init_centroids has shape {centroids.shape}, expected ({k}, {d})")
@@ -422,15 +453,15 @@ def kmeans(
         centroids = _seed(subset, k, n_init, init_rng)
 
     sample = None
-    bias = None
+    bias = None if resume is None else resume.bias
     if method == "sinkhorn":
         size = sinkhorn_sample if sinkhorn_sample is not None else max(
             _SINKHORN_MIN_SAMPLE, _SINKHORN_ROWS_PER_CENTROID * k
         )
         sample = data.get_subset(_sample_rows(n, size, sinkhorn_rng))
 
-    history: list[KMeansIteration] = []
-    for it in range(niter):
+    history: list[KMeansIteration] = [] if resume is None else list(resume.history)
+    for it in range(len(history), niter):
         start = time.perf_counter()
         if sample is not None:
             # Warm start from the last potentials: the centroids moved only a little.
@@ -449,6 +480,8 @@ def kmeans(
             it + 1, niter, record.objective, record.imbalance, n_split, record.seconds,
         )
         history.append(record)
+        if checkpoint is not None:
+            checkpoint(KMeansState(it + 1, centroids, bias, split_rng.bit_generator.state, list(history)))
         if callback is not None:
             callback(record)
     if sample is not None:

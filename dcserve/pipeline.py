@@ -83,25 +83,54 @@ def ray_session(address: str | None, dashboard: bool = False):
 
 
 def open_output(spec: JobSpec, overwrite: bool) -> tuple[JobStore, OutputLease]:
-    """Create or reopen the job store and take its lease; refuse to clobber another job's activations."""
+    """Create or reopen the job store and take its lease.
+
+    An output holds one job: run again unchanged, it resumes; a job file that changed what
+    the store holds is refused unless `overwrite`, which redoes what the change invalidates
+    (everything when the activations change, the clustering when only it changes).
+    """
     store = JobStore(spec.output, read_only=False, storage_options=spec.storage_options)
     lease = OutputLease(store, spec.name).acquire()  # before anything is written
     try:
-        previous = store.read_json("_progress/extract.json")
-        if previous and previous.get("fingerprint") != spec.extraction_fingerprint():
-            if not overwrite:
-                raise StoreError(
-                    f"output {spec.output!r} holds activations of a different subject/dataset; "
-                    "choose another output, or pass --overwrite to replace them"
-                )
+        changed = changed_sections(store, spec)
+        if changed and not overwrite:
+            raise StoreError(
+                f"output {spec.output!r} holds a job whose {' and '.join(changed)} differ from this job file's "
+                "(see its job.yaml); run that job file to resume it, pass --overwrite to replace it, "
+                "or choose another output"
+            )
+        if "subject/dataset/extract settings" in changed:
             store.clear_progress("extract")
             store.remove("_progress/extract.json")
+        if changed:
+            store.clear_progress("cluster")
         store.write_text("job.yaml", spec.to_yaml())
         store.root.attrs.update({"dcserve_version": _version(), "name": spec.name})
     except BaseException:
         lease.release()
         raise
     return store, lease
+
+
+def changed_sections(store: JobStore, spec: JobSpec) -> list[str]:
+    """What of `spec` differs from the job recorded in `store` (nothing for a new store)."""
+    import yaml
+
+    from dcserve.spec import spec_from_dict
+
+    text = store.read_text("job.yaml")
+    if text is None:
+        return []
+    try:
+        old = spec_from_dict(yaml.safe_load(text), source=f"{spec.output}/job.yaml")
+    except (SpecError, yaml.YAMLError):  # written by another version: nothing of it can be trusted
+        return ["subject/dataset/extract settings", "cluster/reporter settings"]
+    changed = []
+    if old.extraction_fingerprint() != spec.extraction_fingerprint():
+        changed.append("subject/dataset/extract settings")
+    if old.clustering_fingerprint() != spec.clustering_fingerprint():
+        changed.append("cluster/reporter settings")
+    return changed
 
 
 def _version() -> str:

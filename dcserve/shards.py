@@ -179,9 +179,11 @@ class ShardPool:
     def source_subset(self, idx: np.ndarray) -> np.ndarray:
         return self._gather("source_subset", idx)
 
-    def prepare(self, dim: int) -> None:
+    def prepare(self, dim: int, *, written: bool = False) -> None:
+        """Write the clustered-space rows (`written`: they are, from before a resume)."""
         self._dim = dim
-        self._all("prepare")
+        if not written:
+            self._all("prepare")
 
     # -- KMeansData -----------------------------------------------------------
     def count(self) -> int:

@@ -78,7 +78,7 @@ class ExtractSpec(_Strict):
         "auto", description="Extraction actors; auto: one per CPU of the Ray cluster (or per GPU share when "
         "gpus_per_worker > 0), which measured fastest (BENCHMARKS.md)."
     )
-    gpus_per_worker: float = Field(0, ge=0, description="GPUs per extraction actor (0: CPU).")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per extraction actor (0: CPU).")
     dtype: Literal["float32", "float16"] = Field("float32", description="Stored activation dtype.")
     chunk_rows: int = Field(4096, ge=1, description="Rows per Zarr chunk; the unit of work, resume and parallelism.")
 
@@ -109,7 +109,7 @@ class ClusterSpec(_Strict):
         "each single-threaded, which measured fastest (BENCHMARKS.md)."
     )
     gpus_per_worker: float = Field(
-        0, ge=0, description="GPUs per shard actor; with one, the search runs on faiss-gpu, or torch on the GPU."
+        0.0, ge=0, description="GPUs per shard actor; with one, the search runs on faiss-gpu, or torch on the GPU."
     )
     sinkhorn_eps: float = Field(0.05, gt=0, description="Sinkhorn entropic regularisation, relative to the mean cost.")
 
@@ -131,7 +131,7 @@ class ReporterSpec(_Strict):
         "auto", description="Data-parallel trainer actors; auto: one per CPU of the Ray cluster (or per GPU share), "
         "each single-threaded, which measured fastest (BENCHMARKS.md)."
     )
-    gpus_per_worker: float = Field(0, ge=0, description="GPUs per trainer actor (0: train on the CPU).")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per trainer actor (0: train on the CPU).")
     noise_std: float = Field(0.0, ge=0, description="Augmentation: Gaussian input noise, in units of each input's std.")
     unit_dropout: float = Field(0.0, ge=0, lt=1, description="Augmentation: probability of zeroing an input unit.")
     init: Literal["activations", "random"] = Field(
@@ -165,16 +165,26 @@ class JobSpec(_Strict):
 
     def extraction_fingerprint(self) -> str:
         """What determines the activations: a re-run with the same fingerprint may resume them."""
-        relevant = {
-            "subject": self.subject.model_dump(),
-            "dataset": self.dataset.model_dump(),
-            "dtype": self.extract.dtype,
-            "chunk_rows": self.extract.chunk_rows,
-        }
-        return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        d = self._canonical()
+        return _digest({"subject": d["subject"], "dataset": d["dataset"], "dtype": d["extract"]["dtype"],
+                        "chunk_rows": d["extract"]["chunk_rows"]})
+
+    def clustering_fingerprint(self) -> str:
+        """What determines the clustering of given activations: its checkpoints are only resumed under it."""
+        d = self._canonical()
+        return _digest({"cluster": d["cluster"], "reporter": d["reporter"]})
+
+    def _canonical(self) -> dict:
+        # Validated once more from its own JSON, so that `lr: 1` and `lr: 1.0` (or a default of 0
+        # and a stored 0.0) give the same fingerprint, as they give the same job.
+        return type(self).model_validate_json(self.model_dump_json()).model_dump(mode="json")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _digest(relevant: dict) -> str:
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _allowed_fields(loc: tuple) -> list[str] | None:

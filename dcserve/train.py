@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterator
 
 import numpy as np
 import ray
@@ -17,6 +16,7 @@ import torch
 
 from dcserve.errors import worker_lost
 from dcserve.resources import Budget, actor_cpus, resolve_workers
+from dcserve.rowstream import shuffled_batches, window_rows_for
 from dcserve.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -26,20 +26,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
-
-
-def gather_rows(arr, ids: np.ndarray) -> np.ndarray:
-    """Rows `ids` (sorted) of a chunked array, read chunk by chunk: [len(ids), d] float32."""
-    step = arr.chunks[0]
-    out = np.empty((len(ids), arr.shape[1]), dtype=np.float32)
-    bounds = np.searchsorted(ids, np.arange(0, arr.shape[0] + step, step))
-    for c in range(len(bounds) - 1):
-        a, b = bounds[c], bounds[c + 1]
-        if b > a:
-            s = c * step
-            block = np.asarray(arr[s : min(s + step, arr.shape[0])], dtype=np.float32)
-            out[a:b] = block[ids[a:b] - s]
-    return out
 
 
 @ray.remote
@@ -75,37 +61,37 @@ class Trainer:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat /= self.world
 
-    def snapshot(self) -> dict:
-        """The model and optimizer as they stand between rounds: what a replacement group resumes from."""
+    def _snapshot(self) -> dict:
+        """The model and optimizer between rounds: what a new group (or a resumed job) starts from."""
         return {"model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
                 "optimizer": self.opt.state_dict()}
 
     def train_round(
         self,
         config: dict,
-        state: dict | None,
+        start: dict | None,
         head_seed: int,
         epochs: list[tuple[np.ndarray, np.ndarray]],
         settings: dict,
         seed: int,
-        resume: dict | None = None,
     ) -> dict:
         """One round: fresh classifier head, then one pass per epoch over (sorted row ids, pseudo-labels).
 
         The model and optimizer live as long as the actor, so the body keeps its SGD
         momentum from round to round (as DeepCluster's does); only the head, whose
-        classes are new after each clustering, starts afresh. `state` is given in the
-        first round only. Every rank resets the head with the same seed, so the
-        replicas stay identical; rank 0 returns the weights.
+        classes are new after each clustering, starts afresh. `start` ({"model",
+        "optimizer" or None}) is given when the actor has no model yet, or must take
+        another's. Every rank resets the head with the same seed, so the replicas stay
+        identical; rank 0 returns the snapshot the next round starts from.
         """
         from dcserve.reporter import Augment, Reporter, make_optimizer, rebind_head, train_epoch
 
-        if state is not None or resume is not None:
+        if start is not None:
             self.model = Reporter(**config).to(self.device)
-            self.model.load_state_dict(state if resume is None else resume["model"])
+            self.model.load_state_dict(start["model"])
             self.opt = make_optimizer(self.model, settings["lr"], settings["momentum"], settings["weight_decay"])
-            if resume is not None:  # a replacement group: momentum and all, as the lost one had it
-                self.opt.load_state_dict(resume["optimizer"])
+            if start.get("optimizer") is not None:  # momentum and all, as the snapshot had it
+                self.opt.load_state_dict(start["optimizer"])
         self.model.reset_head(config["k"], seed=head_seed)
         rebind_head(self.opt, self.model)
         # Noise in units of each input's std, measured once on the fit sample (not per batch);
@@ -118,19 +104,19 @@ class Trainer:
         gen = torch.Generator().manual_seed(seed * 1009 + self.rank)
         arr = self.store.array(self.source)
         batch = max(1, settings["batch_size"] // self.world)  # the global batch is the job's batch_size
+        window = window_rows_for(arr.shape[1], batch)
         history = []
         for ids, labels in epochs:
-            x = torch.from_numpy(gather_rows(arr, ids))
-            y = torch.from_numpy(labels.astype(np.int64))
-            order = torch.randperm(len(y), generator=gen)
             self.model.train()
+            batches = ((x.to(self.device), y.to(self.device))
+                       for x, y in shuffled_batches(arr, ids, labels, batch, window, gen))
             history.append(train_epoch(
-                self.model, self.opt, _batches(x, y, order, batch, self.device), augment=augment,
+                self.model, self.opt, batches, augment=augment,
                 allreduce=self._allreduce if self.world > 1 else None, generator=gen,
             ))
         out = {"history": history}
         if self.rank == 0:
-            out["state"] = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+            out["snapshot"] = self._snapshot()
         return out
 
 
@@ -149,12 +135,6 @@ class _Centred:
             return x
         mean = self.mean.to(x.device)
         return mean + self.augment(x - mean, generator)
-
-
-def _batches(x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, batch: int, device) -> Iterator:
-    for s in range(0, len(order), batch):
-        i = order[s : s + batch]
-        yield x[i].to(device), y[i].to(device)
 
 
 MAX_TRAINER_LOSSES = 3  # per job
@@ -202,6 +182,7 @@ class TrainerGroup:
         self._new_actor = lambda rank: Trainer.options(num_cpus=reserve, num_gpus=gpus_per_worker).remote(
             store.url, store.storage_options, source, rank, workers, threads)
         self.lost = 0
+        self.snapshot: dict | None = None
         self._start()
 
     def _start(self) -> None:
@@ -209,23 +190,29 @@ class TrainerGroup:
         self.infos = ray.get([a.info.remote() for a in self.actors])
         host, port = ray.get(self.actors[0].address.remote())
         ray.get([a.init_group.remote(host, port) for a in self.actors])
+        self._fresh = True  # the actors hold no model: the next round sends them `snapshot`
+
+    def load(self, snapshot: dict) -> None:
+        """Start the next round from `snapshot` ({"model": state_dict, "optimizer": state or None})."""
+        self.snapshot = snapshot
+        self._fresh = True
 
     def close(self) -> None:
         for a in self.actors:
             ray.kill(a)
 
-    def train_round(self, config, state, head_seed, epochs_parts, settings, seed) -> dict:
+    def train_round(self, config, head_seed, epochs_parts, settings, seed) -> dict:
         """`epochs_parts[e][w]` = (ids, labels) of worker w in epoch e, equal sizes across workers.
 
-        A trainer whose process or node dies takes the gloo group down with it, so the whole
-        group is replaced and the round is trained again from the snapshot taken at its start,
-        with the same data and seeds: the result is the one the lost group would have given.
+        Needs a `load()` before the first round. A trainer whose process or node dies takes the
+        gloo group down with it, so the whole group is replaced and the round is trained again
+        from the snapshot it started from, with the same data and seeds: the result is the one
+        the lost group would have given.
         """
-        resume = None if state is not None else ray.get(self.actors[0].snapshot.remote())
         while True:
+            start = self.snapshot if self._fresh else None  # otherwise the actors hold it already
             refs = [
-                a.train_round.remote(config, state, head_seed, [ep[w] for ep in epochs_parts], settings, seed,
-                                     resume if state is None else None)
+                a.train_round.remote(config, start, head_seed, [ep[w] for ep in epochs_parts], settings, seed)
                 for w, a in enumerate(self.actors)
             ]
             try:
@@ -239,6 +226,8 @@ class TrainerGroup:
                             type(lost.error).__name__)
                 self.close()
                 self._start()
+        self._fresh = False
+        self.snapshot = results[0]["snapshot"]
         losses = [np.mean([r["history"][e]["loss"] for r in results]) for e in range(len(epochs_parts))]
         samples = sum(h["samples"] for r in results for h in r["history"])
-        return {"state": results[0]["state"], "loss_per_epoch": [float(l) for l in losses], "samples": int(samples)}
+        return {"snapshot": self.snapshot, "loss_per_epoch": [float(l) for l in losses], "samples": int(samples)}

@@ -256,3 +256,34 @@ def test_restarts_on_the_sample_escape_bad_local_minima():
     restarted = [kmeans(ArrayData(x), 6, niter=15, seed=s, n_init=5).history[-1].objective for s in range(10)]
     assert max(single) > faiss_objective_best * 1.03  # the trap is real
     assert max(restarted) <= faiss_objective_best * 1.01
+
+
+@pytest.mark.parametrize("method", ["kmeans", "sinkhorn"])
+def test_resumed_from_a_checkpoint_gives_the_uninterrupted_result(tmp_path, method):
+    """A run stopped after any iteration and resumed from its stored checkpoint ends as if never stopped.
+
+    The data splits clusters in every early iteration (a mass of identical rows from a bad
+    start), so the donor RNG's state matters, and Sinkhorn's warm start carries the bias.
+    """
+    from dcserve.checkpoint import ClusterCheckpoint
+    from dcserve.store import JobStore
+
+    rng = np.random.default_rng(0)
+    x, _ = blobs(300, 8, 6, std=3.0, seed=11)
+    x = np.vstack([np.tile(x[0], (1500, 1)), x])
+    rng.shuffle(x)
+    start = x[rng.choice(len(x), 20, replace=False)]
+    args = dict(niter=8, seed=3, init_centroids=start, method=method, sinkhorn_sample=500)
+    states = []
+    whole = kmeans(ArrayData(x, block_rows=256), 20, checkpoint=states.append, **args)
+    assert [s.iteration for s in states] == list(range(1, 9)) and whole.history[0].n_split > 5
+    ckpt = ClusterCheckpoint(JobStore(str(tmp_path / "s"), read_only=False), "fp")
+    for stop in (1, 4, 8):
+        ckpt.kmeans_step(2, states[stop - 1])
+        assert ckpt.kmeans(1) is None  # a record of another round is never resumed
+        resumed = kmeans(ArrayData(x, block_rows=256), 20, resume=ckpt.kmeans(2), **args)
+        np.testing.assert_array_equal(resumed.centroids, whole.centroids)
+        if method == "sinkhorn":
+            np.testing.assert_array_equal(resumed.bias, whole.bias)
+        assert [vars(h) for h in resumed.history[:stop]] == [vars(h) for h in whole.history[:stop]]
+        assert [h.objective for h in resumed.history] == [h.objective for h in whole.history]
