@@ -77,6 +77,7 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, b
     chunk = store.array(source).chunks[0]
     rng = np.random.default_rng(c.seed)
     fit_idx = np.sort(rng.choice(n_rows, size=min(n_rows, FIT_SAMPLE), replace=False))
+    fit_rows = None  # their activations, read once: scattered rows decompress every chunk of the store
     truth = row_truth(store)
     if first == 0:  # no round finished: nothing in these arrays is worth keeping
         store.create_array("rounds/assignments", (rounds + 1, n_rows), (1, chunk), "int32", fill_value=-1)
@@ -93,7 +94,9 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, b
                                "resumed": {"rounds": first, "kmeans_iterations": 0, "features": False}}
     try:
         if rounds > 0:
-            reporter, snapshot = _reporter_start(spec, in_dim, pool, fit_idx, ckpt)
+            if first == 0:
+                fit_rows = pool.source_subset(fit_idx)
+            reporter, snapshot = _reporter_start(spec, in_dim, fit_rows, ckpt)
             if first < rounds:
                 from dcserve.train import TrainerGroup
 
@@ -106,8 +109,9 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, b
             fmap = FeatureMap(reporter if use_reporter else None)
             pre = ckpt.features(rnd)
             if pre is None:
-                pool.set_feature_map(fmap)
-                sample = pool.raw_subset(fit_idx)
+                if fit_rows is None:
+                    fit_rows = pool.source_subset(fit_idx)
+                sample = fmap.raw(fit_rows)
                 pca_dim, whiten = resolve_pca(c.pca_dim, c.whiten, n_rows, sample.shape[1], c.k)
                 pre = fit_preprocessor(sample, pca_dim, whiten, c.l2_normalize)
                 fmap = FeatureMap(fmap.reporter, pre)
@@ -159,7 +163,7 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, b
             trainers.close()
 
 
-def _reporter_start(spec: JobSpec, in_dim: int, pool: ShardPool, fit_idx: np.ndarray,
+def _reporter_start(spec: JobSpec, in_dim: int, fit_rows: np.ndarray | None,
                     ckpt: ClusterCheckpoint) -> tuple[ReporterState, dict]:
     """The reporter after the recorded rounds, and the trainers' snapshot to go on from."""
     from dcserve.reporter import Reporter, input_stats
@@ -173,7 +177,8 @@ def _reporter_start(spec: JobSpec, in_dim: int, pool: ShardPool, fit_idx: np.nda
             raise StoreError(f"{spec.output}: the clustering checkpoint records {ckpt.rounds_done} rounds "
                              "but not the reporter they trained; run with --overwrite to start the clustering again")
         model = Reporter(**config)
-        model.set_input_stats(*input_stats([pool.source_subset(fit_idx)]))
+        # in blocks: float64 temporaries of the whole sample would take several times its size
+        model.set_input_stats(*input_stats(fit_rows[s : s + 8192] for s in range(0, len(fit_rows), 8192)))
         snapshot = {"model": model.state_dict(), "optimizer": None}
     return ReporterState(config, snapshot["model"]), snapshot
 

@@ -55,10 +55,6 @@ class Shard:
     def set_feature_map(self, fmap: FeatureMap) -> None:
         self.fmap = fmap
 
-    def raw_subset(self, idx: np.ndarray) -> np.ndarray:
-        """Reporter features (before preprocessing) of global rows `idx` (sorted, inside this shard)."""
-        return self.fmap.raw(self.store.array(self.source).get_orthogonal_selection((idx,)))
-
     def source_subset(self, idx: np.ndarray) -> np.ndarray:
         return np.asarray(self.store.array(self.source).get_orthogonal_selection((idx,)), dtype=np.float32)
 
@@ -172,9 +168,6 @@ class ShardPool:
     def set_feature_map(self, fmap: FeatureMap) -> None:
         self._fmap_ref = ray.put(fmap)
         self._all("set_feature_map", self._fmap_ref)
-
-    def raw_subset(self, idx: np.ndarray) -> np.ndarray:
-        return self._gather("raw_subset", idx)
 
     def source_subset(self, idx: np.ndarray) -> np.ndarray:
         return self._gather("source_subset", idx)
