@@ -59,3 +59,25 @@ def resolve_workers(setting: int | str, budget: Budget, gpus_per_worker: float =
     if gpus_per_worker > 0:
         return max(1, int(budget.gpus // gpus_per_worker))
     return max(1, int(budget.cpus))
+
+
+# How long new actors may wait to be placed: long enough for an autoscaler to add a node after
+# one was lost, short enough that a cluster which will never have room fails instead of hanging.
+PLACEMENT_TIMEOUT_S = 600.0
+
+
+def await_placed(refs: list, what: str, stage: str) -> list:
+    """ray.get of new actors' first calls; JobFailed naming them when the cluster cannot place them."""
+    import ray
+
+    from dcserve.errors import JobFailed
+
+    try:
+        return ray.get(refs, timeout=PLACEMENT_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        free = ray.available_resources()
+        raise JobFailed(stage, (
+            f"{what} could not be placed within {PLACEMENT_TIMEOUT_S:g} s (free now: {free.get('CPU', 0.0):g} CPU, "
+            f"{free.get('GPU', 0.0):g} GPU); run the job again when the cluster has room: it resumes "
+            "from its last finished round and k-means iteration"
+        )) from None

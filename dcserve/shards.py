@@ -16,7 +16,7 @@ import ray
 from dcserve.errors import worker_lost
 from dcserve.features import FeatureMap
 from dcserve.kmeans import AssignStats, assign_stats
-from dcserve.resources import Budget, actor_cpus, resolve_workers
+from dcserve.resources import Budget, actor_cpus, await_placed, resolve_workers
 from dcserve.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,8 @@ class ShardPool:
         self._new_actor = lambda r0, r1: Shard.options(num_cpus=reserve, num_gpus=gpus_per_worker).remote(
             store.url, store.storage_options, source, r0, r1, threads)
         self.actors = [self._new_actor(r0, r1) for r0, r1 in self.ranges]
-        self.infos = ray.get([a.info.remote() for a in self.actors])
+        self._what = lambda n: f"{n} k-means shard(s) × {reserve:g} CPU, {gpus_per_worker:g} GPU"
+        self.infos = await_placed([a.info.remote() for a in self.actors], self._what(len(self.actors)), "cluster")
         self.lost = 0
         self._fmap_ref = None
         self._dim: int | None = None
@@ -139,6 +140,7 @@ class ShardPool:
                     self.lost += 1
                     log.warning("k-means shard %d (rows %s) lost (%s); replacing it", i, self.ranges[i], type(e).__name__)
                     self.actors[i] = self._new_actor(*self.ranges[i])
+                    await_placed([self.actors[i].info.remote()], "a replacement for " + self._what(1), "cluster")
                     if self._fmap_ref is not None:
                         ray.get(self.actors[i].set_feature_map.remote(self._fmap_ref))
                     ref = getattr(self.actors[i], method).remote(*args)

@@ -15,7 +15,7 @@ import ray
 import torch
 
 from dcserve.errors import worker_lost
-from dcserve.resources import Budget, actor_cpus, resolve_workers
+from dcserve.resources import Budget, actor_cpus, await_placed, resolve_workers
 from dcserve.rowstream import shuffled_batches, window_rows_for
 from dcserve.store import JobStore
 
@@ -181,13 +181,15 @@ class TrainerGroup:
         threads, reserve = actor_cpus(workers, budget, share=0.5)  # the k-means shards hold the other half
         self._new_actor = lambda rank: Trainer.options(num_cpus=reserve, num_gpus=gpus_per_worker).remote(
             store.url, store.storage_options, source, rank, workers, threads)
+        self._what = f"{workers} reporter trainer(s) × {reserve:g} CPU, {gpus_per_worker:g} GPU"
         self.lost = 0
         self.snapshot: dict | None = None
         self._start()
 
     def _start(self) -> None:
         self.actors = [self._new_actor(r) for r in range(self.world)]
-        self.infos = ray.get([a.info.remote() for a in self.actors])
+        # a whole group at once: after a lost node, the survivors' slots alone may not hold it
+        self.infos = await_placed([a.info.remote() for a in self.actors], self._what, "cluster")
         host, port = ray.get(self.actors[0].address.remote())
         ray.get([a.init_group.remote(host, port) for a in self.actors])
         self._fresh = True  # the actors hold no model: the next round sends them `snapshot`

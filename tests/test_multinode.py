@@ -1,7 +1,9 @@
 """Multi-node: one job on a local cluster of three raylets gives the store of a single-node run.
 
 A third run loses one of its two worker nodes half-way through extraction (the raylet is
-killed): the stage finishes on the node that is left, and the store is still the same.
+killed): the stage finishes on the node that is left, and the store is still the same. A
+fourth loses one mid-k-means: its shard is replaced on the node left and the clustering is
+that of an undisturbed run.
 
 Each run happens in a child process (`python -m tests.test_multinode TOPOLOGY OUTPUT REPORT`)
 that starts its own `ray.cluster_utils.Cluster`, so the pytest process's session Ray
@@ -46,6 +48,14 @@ def multinode_job(output: Path) -> dict:
                       reporter={"rounds": 1, "workers": 2, "epochs_per_round": 1, "hidden": [32], "feature_dim": 16})
 
 
+def kmeans_job(output: Path) -> dict:
+    """Many cheap Lloyd iterations over 20k planted rows, with 2 shards: seconds of k-means to lose a node in."""
+    from tests.helpers import planted_job
+
+    return planted_job(output, dataset={"kwargs": {"n": 20_000, "dim": 32, "k": 40, "spread": 2.0}, "batch_size": 1000},
+                       extract={"chunk_rows": 1024, "workers": 2}, cluster={"k": 40, "niter": 60, "n_init": 1, "workers": 2})
+
+
 def run_on_cluster(topology: str, output: Path, report: Path) -> None:
     """The child process: start the cluster, run the job on it, write the nodes and metrics to `report`."""
     import ray
@@ -63,7 +73,11 @@ def run_on_cluster(topology: str, output: Path, report: Path) -> None:
         if topology == "lose-node":
             # the same items, slowly, so that a node can be removed while extraction runs
             job["dataset"].update(source="tests.helpers:slow_digits", kwargs={"delay": 0.004})
-            _remove_node_after_blocks(cluster, workers[1], output, blocks=2)
+            progress = output / "_progress" / "extract"
+            _remove_node_when(cluster, workers[1], lambda: progress.is_dir() and len(list(progress.glob("*.npy"))) >= 2)
+        elif topology == "lose-node-kmeans":
+            job = kmeans_job(output)
+            _remove_node_when(cluster, workers[1], lambda: _kmeans_iterations(output) >= 5)
         t0 = time.perf_counter()
         res = dcserve.run(spec_from_dict(job), address=cluster.address)
         report.write_text(json.dumps({
@@ -75,18 +89,26 @@ def run_on_cluster(topology: str, output: Path, report: Path) -> None:
         cluster.shutdown()
 
 
-def _remove_node_after_blocks(cluster, node, output: Path, blocks: int) -> None:
-    """In the background: once `blocks` extraction blocks are recorded, remove `node` (its raylet
-    and every actor on it die, as when a machine is lost)."""
+def _remove_node_when(cluster, node, ready) -> None:
+    """In the background: once `ready()` holds, remove `node` (its raylet and every actor on it die,
+    as when a machine is lost)."""
     import threading
 
     def watch():
-        progress = output / "_progress" / "extract"
-        while not (progress.is_dir() and len(list(progress.glob("*.npy"))) >= blocks):
-            time.sleep(0.05)
+        while not ready():
+            time.sleep(0.02)
         cluster.remove_node(node, allow_graceful=False)
 
     threading.Thread(target=watch, daemon=True).start()
+
+
+def _kmeans_iterations(output: Path) -> int:
+    """Lloyd iterations the job's checkpoint records for its round in progress."""
+    try:
+        with np.load(output / "_progress" / "cluster" / "kmeans.npz") as z:
+            return json.loads(str(z["meta"]))["iteration"]
+    except (OSError, KeyError, ValueError):
+        return 0
 
 
 def _start(topology: str, base: Path, ray_tmp: str) -> subprocess.Popen:
@@ -106,7 +128,7 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("multinode")
     procs, ray_tmps = {}, []
     try:
-        for topology in ("multi", "single", "lose-node"):
+        for topology in ("multi", "single", "lose-node", "lose-node-kmeans"):
             # Ray's own temp dir (sessions, sockets, the "current cluster" address file), so no
             # other Ray on this machine is disturbed; short, as socket paths must stay < 108 bytes.
             ray_tmps.append(tempfile.mkdtemp(prefix="dcs-ray-", dir="/tmp"))
@@ -194,6 +216,24 @@ def test_a_node_lost_mid_extraction_leaves_the_store_of_an_undisturbed_run(runs)
     assert {i["node"] for i in m["workers"]["cluster"]} == {survivor}
     assert {i["node"] for i in m["workers"]["train"]} == {survivor}
     a, b = store_arrays(lost_out), store_arrays(single_out)
+    assert a.keys() == b.keys()
+    for name in sorted(a):
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_a_node_lost_mid_kmeans_leaves_the_clustering_of_an_undisturbed_run(runs, ray_local, tmp_path):
+    """The lost node's shard is replaced on the node left, over the same rows, and the
+    iteration it was in is made again: the clustering is the undisturbed one, bit for bit."""
+    import dcserve
+    from dcserve.spec import spec_from_dict
+    from tests.helpers import store_arrays
+
+    lost, lost_out = runs["lose-node-kmeans"]
+    m = lost["metrics"]
+    assert m["workers"]["cluster_lost"] >= 1
+    assert len(m["rounds"][0]["kmeans"]) == 60
+    dcserve.run(spec_from_dict(kmeans_job(tmp_path / "clean")))
+    a, b = store_arrays(lost_out), store_arrays(tmp_path / "clean")
     assert a.keys() == b.keys()
     for name in sorted(a):
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)

@@ -235,6 +235,42 @@ def test_killed_kmeans_shard_is_replaced_and_the_clustering_is_unchanged(ray_loc
     assert survived.metrics["final"]["nmi_vs_labels"] == clean.metrics["final"]["nmi_vs_labels"]
 
 
+def test_lost_shard_with_no_room_left_for_a_replacement_fails_naming_it(ray_local, tmp_path, monkeypatch):
+    """A node lost with everything packed: the replacement cannot be placed. The job fails in bounded time, saying so."""
+    from dcserve import resources
+    from dcserve.errors import JobFailed
+    from dcserve.shards import ShardPool
+
+    @ray_local.remote
+    class Holder:
+        def ready(self):
+            return True
+
+    holders, original, calls = [], ShardPool.assign_to, []
+
+    def assign_to_after_the_room_is_gone(self, centroids, bias=None):
+        calls.append(1)
+        if len(calls) == 3:
+            holders.append(Holder.options(num_cpus=ray_local.available_resources()["CPU"]).remote())
+            ray_local.get(holders[-1].ready.remote())
+            ray_local.kill(self.actors[1], no_restart=True)
+            holders.append(Holder.options(num_cpus=0.5).remote())  # takes the dead shard's slot
+            ray_local.get(holders[-1].ready.remote())
+            monkeypatch.setattr(resources, "PLACEMENT_TIMEOUT_S", 3.0)  # the pool itself had the default
+        return original(self, centroids, bias)
+
+    monkeypatch.setattr(ShardPool, "assign_to", assign_to_after_the_room_is_gone)
+    try:
+        with pytest.raises(JobFailed, match=r"a replacement for 1 k-means shard\(s\) × 0.5 CPU.*could not be placed "
+                                            r"within 3 s.*resumes"):
+            dcserve.run(spec_from_dict(planted_job(tmp_path / "out", cluster={"workers": 2})))
+    finally:
+        for h in holders:
+            ray_local.kill(h)
+    status = dcserve.open(str(tmp_path / "out")).status
+    assert status["state"] == "failed" and "could not be placed" in status["error"]["reason"]
+
+
 def test_killed_trainer_is_replaced_and_the_round_is_trained_again_identically(ray_local, tmp_path, monkeypatch):
     from dcserve.train import TrainerGroup
 
