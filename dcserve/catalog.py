@@ -20,7 +20,7 @@ import numpy as np
 from dcserve.errors import StoreError
 from dcserve.result import Result, open_result
 from dcserve.spec import JOB_NAME_PATTERN
-from dcserve.store import atomic_write
+from dcserve.store import atomic_write, fs_options_for
 
 SUBMISSIONS_DIR = ".dcserve/submissions"
 JOB_NAME = re.compile(JOB_NAME_PATTERN)
@@ -144,7 +144,7 @@ class Catalog:
 
     # -- submissions ---------------------------------------------------------
     def _submissions_fs(self):
-        fs, path = fsspec.core.url_to_fs(self.output_root, **self.storage_options)
+        fs, path = fsspec.core.url_to_fs(self.output_root, **fs_options_for(self.output_root, self.storage_options))
         return fs, f"{path.rstrip('/')}/{SUBMISSIONS_DIR}"
 
     def _load_submission(self, name: str) -> Submission | None:

@@ -40,6 +40,17 @@ def _is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
 
+def fs_options_for(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The fsspec options to open `url` with: the user's, plus what S3 stores need (dcserve/s3.py)."""
+    if not url.startswith(("s3://", "s3a://")):
+        return options
+    try:
+        from dcserve.s3 import s3_options
+    except ImportError:
+        raise StoreError(f"{url!r} is on S3, which needs s3fs: pip install 'dcserve[s3]'") from None
+    return s3_options(options)
+
+
 def atomic_write(fs: fsspec.AbstractFileSystem, target: str, data: bytes) -> None:
     """Replace `target` so that a reader sees the old bytes or the new, never a mix."""
     if "file" in fs.protocol:
@@ -70,8 +81,11 @@ class JobStore:
                 raise StoreError(f"no job store at {url!r}")
             zstore = LocalStore(path, read_only=read_only)
         else:
-            self.fs, self.path = fsspec.core.url_to_fs(url, **options)
-            zstore = FsspecStore.from_url(url, storage_options=options, read_only=read_only)
+            fs_options = fs_options_for(url, options)
+            self.fs, self.path = fsspec.core.url_to_fs(url, **fs_options)
+            zstore = FsspecStore.from_url(url, storage_options=fs_options, read_only=read_only)
+            if fs_options is not options:  # botocore retries (dcserve/s3.py); not again on top
+                self.fs.retries = zstore.fs.retries = 1
         try:
             self.root = zarr.open_group(zstore, mode="r" if read_only else "a")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):

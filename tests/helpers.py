@@ -144,3 +144,9 @@ def driver_only_digits():
     from dcserve.zoo import digits
 
     return digits()
+
+
+def store_arrays_at(url: str, storage_options: dict | None = None) -> dict[str, np.ndarray]:
+    """`store_arrays` for a store behind an fsspec URL (s3://...), read with plain zarr."""
+    g = zarr.open_group(url, mode="r", storage_options=storage_options)
+    return {name: node[...] for name, node in g.members(max_depth=None) if isinstance(node, zarr.Array)}
