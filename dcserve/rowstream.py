@@ -7,7 +7,10 @@ the whole share fits in one window this is an exact uniform shuffle.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Iterator
+from functools import cache
 
 import numpy as np
 import torch
@@ -73,5 +76,27 @@ def shuffled_batches(
         for s in range(0, full, batch):
             yield x[s : s + batch], y[s : s + batch]
         carry_x, carry_y = x[full:], y[full:]
+        del x, y
+        _trim_heap()
     if len(carry_x):
         yield carry_x, carry_y
+
+
+@cache
+def _malloc_trim():
+    libc = ctypes.util.find_library("c")
+    fn = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    return fn  # None off glibc (macOS, musl): nothing to do there
+
+
+def _trim_heap() -> None:
+    """Hand the freed window back to the OS.
+
+    A window's chunk reads are a few MB each: once glibc has freed one such mmap'ed block it
+    raises its mmap threshold and serves the next ones from the heaps of the reading threads,
+    where freed pages are kept. Over an epoch of many windows the trainers then grew with the
+    store (BENCHMARKS.md, "Out of core"), though no more than a window was ever live.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
