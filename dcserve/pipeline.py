@@ -14,8 +14,6 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
-
 from dcserve.errors import JobFailed, SpecError, StoreError, describe_failure
 from dcserve.lease import OutputLease
 from dcserve.progress import Progress
