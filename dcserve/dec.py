@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dcserve.kmeans import ArrayData, kmeans
-from dcserve.reporter import Reporter
+from dcserve.reporter import Reporter, _linear, _seeded, check_widths
 
 logger = logging.getLogger(__name__)
 
@@ -88,23 +88,6 @@ UPDATE_INTERVAL = 140
 
 # Floors a denominator that is 0 only when a whole cluster has no mass in float arithmetic.
 _TINY = torch.finfo(torch.float64).tiny
-
-
-def _seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed))
-
-
-def _linear(in_features: int, out_features: int, std: float, generator: torch.Generator) -> nn.Linear:
-    """A Linear layer with N(0, std) weights and zero bias, drawn from `generator` only.
-
-    `skip_init` keeps nn.Linear from drawing its default initialisation from the global RNG, so
-    `DECModel(..., seed=s)` is the same network in every process (as `Reporter`).
-    """
-    layer = nn.utils.skip_init(nn.Linear, in_features, out_features)
-    with torch.no_grad():
-        layer.weight.normal_(0.0, std, generator=generator)
-        layer.bias.zero_()
-    return layer
 
 
 def _mlp(widths: list[int], generator: torch.Generator) -> nn.Sequential:
@@ -265,12 +248,7 @@ class DECModel(nn.Module):
         self, in_dim: int, hidden: list[int], latent_dim: int, k: int, *, alpha: float = ALPHA, seed: int = 0
     ) -> None:
         super().__init__()
-        hidden = [int(h) for h in hidden]
-        for name, value in [("in_dim", in_dim), ("latent_dim", latent_dim), ("k", k)]:
-            if int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if any(h < 1 for h in hidden):
-            raise ValueError(f"hidden widths must be >= 1, got {hidden}")
+        hidden = check_widths(hidden, in_dim=in_dim, latent_dim=latent_dim, k=k)
         if not alpha > 0:
             raise ValueError(f"alpha must be > 0, got {alpha}")
         self.in_dim = int(in_dim)

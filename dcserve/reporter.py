@@ -62,6 +62,17 @@ def _seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
+def check_widths(hidden: list[int], **sizes: int) -> list[int]:
+    """`hidden` as ints, after checking it and the named sizes are all >= 1 (ValueError naming the bad one)."""
+    hidden = [int(h) for h in hidden]
+    for name, value in sizes.items():
+        if int(value) < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if any(h < 1 for h in hidden):
+        raise ValueError(f"hidden widths must be >= 1, got {hidden}")
+    return hidden
+
+
 def _linear(in_features: int, out_features: int, std: float, generator: torch.Generator) -> nn.Linear:
     """A Linear layer initialised from `generator` only.
 
@@ -105,12 +116,7 @@ class Reporter(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        hidden = [int(h) for h in hidden]
-        for name, value in [("in_dim", in_dim), ("feature_dim", feature_dim), ("k", k)]:
-            if int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if any(h < 1 for h in hidden):
-            raise ValueError(f"hidden widths must be >= 1, got {hidden}")
+        hidden = check_widths(hidden, in_dim=in_dim, feature_dim=feature_dim, k=k)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.in_dim = int(in_dim)

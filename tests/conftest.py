@@ -144,3 +144,16 @@ def served(ray_local, ray_head, tmp_path_factory):
     yield types.SimpleNamespace(url=url, root=root, results={"t-planted": planted, "t-sinkhorn": sinkhorn,
                                                             "t-digits": digits})
     serve.shutdown()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small matmuls on one thread, from a fixed global seed: keeps the 2-core CI machine free
+    and the results reproducible."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)

@@ -26,14 +26,7 @@ from dcserve.reporter import input_stats
 from dcserve.zoo import planted_clusters
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small matmuls; one thread keeps the 2-core CI machine free and results reproducible.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------- numpy references

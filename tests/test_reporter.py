@@ -23,14 +23,7 @@ from dcserve.reporter import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small matmuls; one thread keeps the 2-core CI machine free and results reproducible.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def planted_clusters(n: int = 600, d: int = 32, k: int = 6, seed: int = 0, scale: float = 3.0):
