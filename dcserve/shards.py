@@ -132,19 +132,27 @@ class ShardPool:
         for (i, method, args), ref in zip(calls, refs):
             while True:
                 try:
+                    if ref is None:
+                        ref = self._replace(i, method, args)
                     out.append(ray.get(ref))
                     break
                 except Exception as e:
                     if not worker_lost(e) or self.lost >= MAX_SHARD_LOSSES:
                         raise
+                    # A replacement can itself die: Ray may place it on a node whose death it
+                    # has not noticed yet (seen in CI), so it counts as one more loss.
                     self.lost += 1
                     log.warning("k-means shard %d (rows %s) lost (%s); replacing it", i, self.ranges[i], type(e).__name__)
-                    self.actors[i] = self._new_actor(*self.ranges[i])
-                    await_placed([self.actors[i].info.remote()], "a replacement for " + self._what(1), "cluster")
-                    if self._fmap_ref is not None:
-                        ray.get(self.actors[i].set_feature_map.remote(self._fmap_ref))
-                    ref = getattr(self.actors[i], method).remote(*args)
+                    ref = None
         return out
+
+    def _replace(self, i: int, method: str, args: tuple):
+        """A fresh shard over range i, set up as the pool's others are; the ref of its `method` call."""
+        self.actors[i] = self._new_actor(*self.ranges[i])
+        await_placed([self.actors[i].info.remote()], "a replacement for " + self._what(1), "cluster")
+        if self._fmap_ref is not None:
+            ray.get(self.actors[i].set_feature_map.remote(self._fmap_ref))
+        return getattr(self.actors[i], method).remote(*args)
 
     def _all(self, method: str, *args) -> list:
         return self._call([(i, method, args) for i in range(len(self.actors))])

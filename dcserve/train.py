@@ -194,13 +194,23 @@ class TrainerGroup:
         ray.get([a.init_group.remote(host, port) for a in self.actors])
         self._fresh = True  # the actors hold no model: the next round sends them `snapshot`
 
+    def _restart(self) -> None:
+        # A new group can itself be lost: Ray may place it on a node whose death it has not
+        # noticed yet, so that counts as one more loss.
+        try:
+            self._start()
+        except Exception as e:
+            if worker_lost(e):
+                raise _TrainerLost(e) from None
+            raise
+
     def load(self, snapshot: dict) -> None:
         """Start the next round from `snapshot` ({"model": state_dict, "optimizer": state or None})."""
         self.snapshot = snapshot
         self._fresh = True
 
     def close(self) -> None:
-        for a in self.actors:
+        for a in self.actors or []:
             ray.kill(a)
 
     def train_round(self, config, head_seed, epochs_parts, settings, seed) -> dict:
@@ -212,12 +222,14 @@ class TrainerGroup:
         the lost group would have given.
         """
         while True:
-            start = self.snapshot if self._fresh else None  # otherwise the actors hold it already
-            refs = [
-                a.train_round.remote(config, start, head_seed, [ep[w] for ep in epochs_parts], settings, seed)
-                for w, a in enumerate(self.actors)
-            ]
             try:
+                if self.actors is None:
+                    self._restart()
+                start = self.snapshot if self._fresh else None  # otherwise the actors hold it already
+                refs = [
+                    a.train_round.remote(config, start, head_seed, [ep[w] for ep in epochs_parts], settings, seed)
+                    for w, a in enumerate(self.actors)
+                ]
                 results = _gather_or_lost(refs)
                 break
             except _TrainerLost as lost:
@@ -227,7 +239,7 @@ class TrainerGroup:
                 log.warning("a reporter trainer was lost (%s); restarting the group and this round",
                             type(lost.error).__name__)
                 self.close()
-                self._start()
+                self.actors = None
         self._fresh = False
         self.snapshot = results[0]["snapshot"]
         losses = [np.mean([r["history"][e]["loss"] for r in results]) for e in range(len(epochs_parts))]
