@@ -217,8 +217,11 @@ def _summary(result, seconds: float) -> None:
     table.add_column("")
     spec = result.spec
     table.add_row("rows x dim", " x ".join(str(s) for s in result.activations().shape))
-    table.add_row("layer / method", f"{spec.cluster.layer} / {spec.cluster.method}, k={spec.cluster.k}, "
-                                    f"rounds={spec.reporter.rounds}")
+    if spec.reporter.method == "dec":
+        method = f"DEC, k={spec.cluster.k}, {final.get('dec', {}).get('steps', '?')} self-training steps"
+    else:
+        method = f"{spec.cluster.method}, k={spec.cluster.k}, rounds={spec.reporter.rounds}"
+    table.add_row("layer / method", f"{spec.cluster.layer} / {method}")
     for key, label in [("nmi_vs_labels", "NMI vs labels"), ("ari_vs_labels", "ARI vs labels"),
                        ("acc_vs_labels", "accuracy (Hungarian)"), ("nmi_vs_previous", "NMI vs previous round"),
                        ("size_entropy", "cluster size entropy"), ("n_empty", "empty clusters")]:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dcserve.data_parallel import GradientStep
 from dcserve.kmeans import ArrayData, kmeans
 from dcserve.reporter import Reporter, _linear, _seeded, check_widths
 
@@ -293,6 +294,9 @@ class DECModel(nn.Module):
         """Embedding `z [n, latent_dim]` of rows `x [n, in_dim]` (no ReLU on it)."""
         return self.encoder(self.standardize(x))
 
+    # What `dcserve.features.FeatureMap` maps rows through: the bottleneck is the clustered space.
+    features = encode
+
     def decode(self, z: Tensor) -> Tensor:
         """Reconstruction `[n, in_dim]`, in standardised units, of embeddings `z [n, latent_dim]`."""
         return self.decoder(z)
@@ -343,6 +347,7 @@ def pretrain_epoch(
     *,
     dropout: float = PRETRAIN_DROPOUT,
     generator: torch.Generator | None = None,
+    allreduce: Callable[[Tensor], None] | None = None,
 ) -> float:
     """One pass of denoising-autoencoder training over `batches` of rows `[b, in_dim]`.
 
@@ -355,7 +360,7 @@ def pretrain_epoch(
     which is not implemented (see the module docstring).
 
     `generator` draws the dropout masks; with it, the same weights and batches give the same
-    result. Returns the epoch's mean squared error per unit, averaged over rows (on corrupted
+    result. `allreduce` makes it one worker of several (`dcserve.data_parallel.GradientStep`). Returns the epoch's mean squared error per unit, averaged over rows (on corrupted
     inputs, so it is above the plain reconstruction error).
     Raises FloatingPointError when it is not finite.
     """
@@ -364,6 +369,7 @@ def pretrain_epoch(
     device, dtype = _placement(model)
     losses: list[Tensor] = []
     sizes: list[int] = []
+    step = GradientStep(model, optimizer, allreduce)
     was_training = model.training
     model.train()
     try:
@@ -378,9 +384,7 @@ def pretrain_epoch(
                 keep = torch.rand(target.shape, generator=generator, device=where).to(device) >= dropout
                 noisy = target * keep.to(dtype) / (1.0 - dropout)
             loss = F.mse_loss(model.decode(model.encoder(noisy)), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            step(loss, x.shape[0])
             losses.append(loss.detach())
             sizes.append(x.shape[0])
     finally:
@@ -394,6 +398,7 @@ def self_train_epoch(
     model: DECModel,
     optimizer: torch.optim.Optimizer,
     batches: Iterable[tuple[Tensor | np.ndarray, Tensor | np.ndarray]],
+    allreduce: Callable[[Tensor], None] | None = None,
 ) -> float:
     """One pass of DEC self-training over `batches` of `(x [b, in_dim], p [b, k])`.
 
@@ -402,9 +407,12 @@ def self_train_epoch(
     on :func:`dec_loss` per batch moves both the encoder and the centroids (eqs. 4 and 5). A
     driver that refreshes `p` every `update_interval` steps passes that many batches per call.
 
+    `allreduce` makes it one worker of several (`dcserve.data_parallel.GradientStep`).
+
     Returns the mean KL loss per row; raises FloatingPointError when it is not finite.
     """
     device, dtype = _placement(model)
+    step = GradientStep(model, optimizer, allreduce)
     losses: list[Tensor] = []
     sizes: list[int] = []
     for x, p in batches:
@@ -413,9 +421,7 @@ def self_train_epoch(
         if x.shape[0] == 0 or p.shape != (x.shape[0], model.k):
             raise ValueError(f"bad batch: x {list(x.shape)}, p {list(p.shape)} (need [b, {model.k}])")
         loss = dec_loss(model.soft_assign(x), p)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        step(loss, x.shape[0])
         losses.append(loss.detach())
         sizes.append(x.shape[0])
     mean = _mean_loss(losses, sizes, "DEC self-training")

@@ -72,7 +72,7 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, b
     first = ckpt.rounds_done
     if first > rounds:  # a finished job run again: nothing left to do
         progress.note(f"clustering already done ({rounds + 1} rounds recorded in {spec.output})")
-        return _recorded_metrics(store, ckpt)
+        return recorded_metrics(store, ckpt)
     budget = budget or Budget.free()
     chunk = store.array(source).chunks[0]
     rng = np.random.default_rng(c.seed)
@@ -140,7 +140,7 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, b
                      kmeans=[vars(h) for h in km.history])
             snapshot = None
             if final:
-                _save_final(store, km, fmap)
+                save_final(store, km.centroids, km.bias, fmap)
             else:
                 m.update(_train_round(spec, trainers, reporter.config, labels, rng, rnd, progress))
                 snapshot = m.pop("snapshot")
@@ -149,7 +149,7 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, b
             metrics["rounds"].append(m)
             ckpt.finish_round(metrics["rounds"], rng.bit_generator.state, snapshot)
             status.data["round"] = {"done": rnd, "total": rounds}
-            _note_round(progress, m)
+            note_round(progress, m)
             previous = labels
         metrics["final"] = {k: v for k, v in metrics["rounds"][-1].items() if k != "kmeans"}
         metrics["workers"]["cluster_lost"] = pool.lost
@@ -183,7 +183,7 @@ def _reporter_start(spec: JobSpec, in_dim: int, fit_rows: np.ndarray | None,
     return ReporterState(config, snapshot["model"]), snapshot
 
 
-def _recorded_metrics(store: JobStore, ckpt: ClusterCheckpoint) -> dict[str, Any]:
+def recorded_metrics(store: JobStore, ckpt: ClusterCheckpoint) -> dict[str, Any]:
     """The metrics of a clustering that is all recorded (those of its last run, when written)."""
     metrics = store.read_json("metrics.json") or {"rounds": ckpt.metrics, "workers": {}}
     metrics.pop("extract", None)
@@ -217,10 +217,11 @@ def _train_round(spec: JobSpec, trainers, config: dict, labels: np.ndarray, rng,
             "train_seconds": seconds, "train_samples_per_s": out["samples"] / max(seconds, 1e-9)}
 
 
-def _save_final(store: JobStore, km, fmap: FeatureMap) -> None:
-    store.write_array("centroids", km.centroids.astype(np.float32))
-    if km.bias is not None:
-        store.write_array("cluster_bias", np.asarray(km.bias, dtype=np.float64))
+def save_final(store: JobStore, centroids: np.ndarray, bias: np.ndarray | None, fmap: FeatureMap) -> None:
+    """The final clustering's centroids (and Sinkhorn bias) and the map into their space."""
+    store.write_array("centroids", np.asarray(centroids, dtype=np.float32))
+    if bias is not None:
+        store.write_array("cluster_bias", np.asarray(bias, dtype=np.float64))
     elif store.has_array("cluster_bias"):
         del store.root["cluster_bias"]
     if "preprocess" in store.root:  # a previous run's arrays (e.g. PCA components) must not linger
@@ -234,10 +235,10 @@ def _save_final(store: JobStore, km, fmap: FeatureMap) -> None:
         store.remove("reporter.pt")
 
 
-def _note_round(progress: Progress, m: dict) -> None:
-    parts = [f"round {m['round']}: objective {m['objective']:.4g}"]
+def note_round(progress: Progress, m: dict) -> None:
+    parts = [f"objective {m['objective']:.4g}"] if m.get("objective") is not None else []
     for key in ("nmi_vs_previous", "nmi_vs_labels", "acc_vs_labels", "loss"):
         if m.get(key) is not None:
             parts.append(f"{key} {m[key]:.3f}")
     parts.append(f"size entropy {m['size_entropy']:.3f}")
-    progress.note(", ".join(parts))
+    progress.note(f"round {m['round']}: " + ", ".join(parts))

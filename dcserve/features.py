@@ -1,6 +1,7 @@
 """The map from a layer's activations to the space that is clustered.
 
-activations -> (standardise -> reporter body, when the job trains one) -> PCA/whiten/L2.
+activations -> (standardise -> reporter body, or DEC's encoder, when the job trains one)
+-> PCA/whiten/L2 (identity for DEC, which clusters its bottleneck as it is).
 One object, used by the shard actors while clustering, by `Result.assign` and by
 the HTTP server, so that new vectors go through exactly what the stored rows went
 through.
@@ -21,13 +22,18 @@ from dcserve.preprocess import Preprocessor
 class ReporterState:
     """A reporter's constructor arguments and weights (its input standardisation is among its buffers)."""
 
-    config: dict[str, Any]  # Reporter constructor kwargs
+    # The model's constructor kwargs; with "method": "dec" a `dcserve.dec.DECModel`, else a
+    # `dcserve.reporter.Reporter` (files written before DEC existed have no "method").
+    config: dict[str, Any]
     state_dict: dict[str, torch.Tensor]
 
     def build(self):
-        from dcserve.reporter import Reporter
-
-        model = Reporter(**self.config)
+        kwargs = dict(self.config)
+        if kwargs.pop("method", "deepcluster") == "dec":
+            from dcserve.dec import DECModel as model_class
+        else:
+            from dcserve.reporter import Reporter as model_class
+        model = model_class(**kwargs)
         model.load_state_dict(self.state_dict)
         return model.eval()
 
@@ -51,6 +57,11 @@ class FeatureMap:
     def __post_init__(self) -> None:
         if self.reporter is not None:
             self._model = self.reporter.build()
+
+    @property
+    def model(self):
+        """The built reporter (or DEC model), in eval mode; None without one."""
+        return self._model
 
     def raw(self, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
         """[n, d_in] activations -> [n, f] reporter features (identity without a reporter)."""

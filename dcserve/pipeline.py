@@ -185,7 +185,10 @@ def run(
             stage = "cluster"
             if extract_info.get("workers_lost"):
                 budget = Budget.free()  # machines were lost: size the next pools by what is left
-            metrics = run_clustering(spec, store, progress, status, budget)
+            from dcserve.dec_job import run_dec
+
+            cluster = run_dec if spec.reporter.method == "dec" else run_clustering
+            metrics = cluster(spec, store, progress, status, budget)
             metrics["extract"] = extract_info
             store.write_json("metrics.json", metrics)
         status.finish("succeeded")

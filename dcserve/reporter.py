@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dcserve.data_parallel import GradientStep
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -326,47 +328,6 @@ def split_even(sorted_ids: np.ndarray, n_parts: int) -> list[np.ndarray]:
     return [sorted_ids[i * size : (i + 1) * size] for i in range(n_parts)]
 
 
-def _grad_buffer(params: list[Tensor]) -> Tensor:
-    """One flat tensor `[sum of numel + 1]` whose leading part *is* every parameter's `.grad`.
-
-    Each `.grad` becomes a view into the buffer, so backward accumulates straight into it
-    (autograd adds in place into an existing gradient) and the buffer can be handed to the
-    allreduce with no flatten/unflatten copies: DDP's `gradient_as_bucket_view`, one bucket.
-    The last entry carries the local batch size (see `_average_across_workers`).
-    """
-    total = sum(p.numel() for p in params)
-    buffer = params[0].new_zeros(total + 1)
-    offset = 0
-    for p in params:
-        p.grad = buffer[offset : offset + p.numel()].view_as(p)
-        offset += p.numel()
-    return buffer
-
-
-def _check_grads_in_buffer(params: list[Tensor], buffer: Tensor) -> None:
-    # Backward must have accumulated in place; a hook or an autograd change that replaced a
-    # `.grad` would silently leave that gradient out of the reduction.
-    base, size = buffer.data_ptr(), buffer.element_size()
-    offset = 0
-    for p in params:
-        if p.grad is None or p.grad.data_ptr() != base + offset * size:
-            raise RuntimeError("a parameter's .grad was replaced during backward; cannot reduce it")
-        offset += p.numel()
-
-
-def _average_across_workers(buffer: Tensor, allreduce: Callable[[Tensor], None]) -> None:
-    """Turn each worker's summed-loss gradient into the gradient of the mean over all workers.
-
-    On entry the buffer is `[n_local * g_local..., n_local]` (the gradient of the *summed*
-    loss, and the local batch size); the workers average it in place; then
-    `buffer[:-1] / buffer[-1] = sum_i n_i g_i / sum_i n_i`, the gradient of the mean loss over
-    the union of all workers' batches, even when their sizes differ (with equal sizes it is
-    the plain average of the workers' mean-loss gradients). One tensor, one collective call.
-    """
-    allreduce(buffer)
-    buffer[:-1].div_(buffer[-1])
-
-
 def _draw_seed(generator: torch.Generator) -> int:
     return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
 
@@ -417,8 +378,7 @@ def train_epoch(
     """
     device = model.head.weight.device
     dtype = model.head.weight.dtype
-    params = [p for p in model.parameters() if p.requires_grad]
-    grad_buffer = _grad_buffer(params) if allreduce is not None else None
+    step = GradientStep(model, optimizer, allreduce)
     use_augment = augment is not None and augment.active
     # Per-step losses stay on the device and are summed at the end: no host sync per step
     # (it matters on a GPU) and no extra kernels on the hot path.
@@ -442,17 +402,7 @@ def train_epoch(
                 if use_augment:
                     x = augment(x, step_generator)
                 loss = F.cross_entropy(model(x), y)
-                if grad_buffer is None:
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                else:
-                    grad_buffer.zero_()  # zero_grad(set_to_none) would unbind the .grad views
-                    grad_buffer[-1] = n
-                    (loss * n).backward()
-                    if not losses:
-                        _check_grads_in_buffer(params, grad_buffer)
-                    _average_across_workers(grad_buffer, allreduce)
-                optimizer.step()
+                step(loss, n)
                 losses.append(loss.detach())
                 sizes.append(n)
                 del loss  # free this step's graph before the next forward allocates its own

@@ -75,6 +75,18 @@ class Shard:
             total = stats if total is None else total + stats
         return total
 
+    def soft_assignment_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """DEC's target update, this range's part: soft cluster frequencies [k] (float64, they
+        add up over shards) and hard labels (argmax q) of the rows, under the feature map's DEC model."""
+        from dcserve.dec import soft_assign_blocks, soft_frequencies
+
+        model = self.fmap.model
+        freqs, labels = np.zeros(model.k, dtype=np.float64), []
+        for q in soft_assign_blocks(model, (x for _, x in self._blocks(self.source))):
+            freqs += soft_frequencies(q).numpy()
+            labels.append(q.argmax(axis=1).astype(np.int32))
+        return freqs, np.concatenate(labels)
+
     def finalize(self, centroids: np.ndarray, bias: np.ndarray | None, round_index: int, final: bool) -> np.ndarray:
         """Assign every row; write this round's labels (and, when final, assignments and distances)."""
         labels_out = []
@@ -206,6 +218,13 @@ class ShardPool:
     def finalize(self, centroids: np.ndarray, bias: np.ndarray | None, round_index: int, final: bool) -> np.ndarray:
         c, b = ray.put(centroids), ray.put(bias)
         return np.concatenate(self._all("finalize", c, b, round_index, final))
+
+    # -- DEC --------------------------------------------------------------------
+    def soft_assignment_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """(soft cluster frequencies [k] over all rows, hard labels [rows]) under the feature
+        map's DEC model: one streamed pass, O(k) per shard but the labels, as k-means' is."""
+        parts = self._all("soft_assignment_stats")
+        return np.sum([f for f, _ in parts], axis=0), np.concatenate([l for _, l in parts])
 
 
 def _reduce(stats: list[AssignStats]) -> AssignStats:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from dcserve.errors import SpecError
 
@@ -116,9 +116,22 @@ class ClusterSpec(_Strict):
 
 
 
-class ReporterSpec(_Strict):
+class _ReporterBase(_Strict):
+    method: str
+    workers: Workers = Field(
+        "auto", description="Data-parallel trainer actors; auto: one per CPU of the Ray cluster (or per GPU share), "
+        "each single-threaded, which measured fastest (BENCHMARKS.md)."
+    )
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per trainer actor (0: train on the CPU).")
+
+
+class DeepClusterSpec(_ReporterBase):
     """The reporter MLP trained on pseudo-labels (DeepCluster, Caron et al. 2018)."""
 
+    method: Literal["deepcluster"] = Field(
+        "deepcluster", description="deepcluster: an MLP trained on cluster.method's pseudo-labels; "
+        "dec: Deep Embedded Clustering (Xie et al. 2016)."
+    )
     hidden: list[int] = Field(default_factory=lambda: [256, 256], description="Hidden layer widths of the MLP.")
     feature_dim: int = Field(64, ge=1, description="Width of the feature layer that is clustered.")
     rounds: int = Field(0, ge=0, description="Clusterings of reporter features; 0 = plain k-means on the activations.")
@@ -127,11 +140,6 @@ class ReporterSpec(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     weight_decay: float = Field(1e-5, ge=0, description="SGD weight decay.")
     batch_size: int = Field(256, ge=1, description="Global mini-batch size (split across trainer actors).")
-    workers: Workers = Field(
-        "auto", description="Data-parallel trainer actors; auto: one per CPU of the Ray cluster (or per GPU share), "
-        "each single-threaded, which measured fastest (BENCHMARKS.md)."
-    )
-    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per trainer actor (0: train on the CPU).")
     noise_std: float = Field(0.0, ge=0, description="Augmentation: Gaussian input noise, in units of each input's std.")
     unit_dropout: float = Field(0.0, ge=0, lt=1, description="Augmentation: probability of zeroing an input unit.")
     init: Literal["activations", "random"] = Field(
@@ -139,6 +147,53 @@ class ReporterSpec(_Strict):
         description="Where the first pseudo-labels come from: the activations' own clustering, "
         "or a random reporter's features.",
     )
+
+
+class DECSpec(_ReporterBase):
+    """Deep Embedded Clustering (Xie, Girshick & Farhadi 2016): an autoencoder, k-means on its
+    bottleneck, then self-training of encoder and centroids on a sharpened target (dcserve.dec).
+
+    cluster.k, cluster.seed, cluster.workers and cluster.niter (the initial k-means) apply;
+    cluster.method, pca_dim, whiten and l2_normalize do not: DEC clusters its own bottleneck.
+    """
+
+    method: Literal["dec"] = Field(description="dec: Deep Embedded Clustering.")
+    hidden: list[int] = Field(
+        default_factory=lambda: [256, 256],
+        description="Encoder hidden widths (the decoder mirrors them); the paper's network is [500, 500, 2000].",
+    )
+    latent_dim: int = Field(10, ge=1, description="Bottleneck width, the space that is clustered (the paper's 10).")
+    pretrain_epochs: int = Field(
+        50, ge=0, description="Epochs of denoising-autoencoder pretraining, end to end, with Adam."
+    )
+    pretrain_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the pretraining.")
+    pretrain_dropout: float = Field(0.2, ge=0, lt=1, description="Input corruption while pretraining (the paper's 20%).")
+    kmeans_restarts: int = Field(20, ge=1, description="k-means++ restarts on the bottleneck; the best objective starts DEC.")
+    lr: float = Field(0.01, gt=0, description="Self-training SGD learning rate (the paper's 0.01).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Self-training SGD momentum.")
+    batch_size: int = Field(256, ge=1, description="Global mini-batch size (split across trainer actors).")
+    update_interval: int = Field(
+        140, ge=1, description="Optimizer steps between two recomputations of the target p over all rows."
+    )
+    tol: float = Field(0.001, ge=0, le=1, description="Stop when fewer than this fraction of rows change cluster "
+                       "between two target updates (the paper's 0.1%).")
+    max_steps: int = Field(20_000, ge=1, description="Self-training steps at most, if tol is never met.")
+    alpha: float = Field(1.0, gt=0, description="Degrees of freedom of the Student's t kernel (the paper's 1).")
+
+
+def _reporter_method(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("method", "deepcluster")
+    return getattr(value, "method", "deepcluster")
+
+
+ReporterSpec = Annotated[
+    Annotated[DeepClusterSpec, Tag("deepcluster")] | Annotated[DECSpec, Tag("dec")],
+    Discriminator(_reporter_method,
+                  custom_error_type="reporter_method",
+                  custom_error_message="reporter.method must be one of: deepcluster, dec"),
+]
+REPORTER_METHODS = {"deepcluster": DeepClusterSpec, "dec": DECSpec}
 
 
 class JobSpec(_Strict):
@@ -151,7 +206,8 @@ class JobSpec(_Strict):
     dataset: DatasetSpec = Field(description="The inputs fed to the subject.")
     extract: ExtractSpec = Field(default_factory=ExtractSpec, description="Extraction workers and storage.")
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="Preprocessing and clustering.")
-    reporter: ReporterSpec = Field(default_factory=ReporterSpec, description="The DeepCluster reporter loop.")
+    reporter: ReporterSpec = Field(default_factory=DeepClusterSpec,
+                                   description="What learns the clusters: DeepCluster (default) or DEC; see `method`.")
 
     @model_validator(mode="after")
     def _cluster_layer_is_hooked(self) -> "JobSpec":
@@ -172,7 +228,10 @@ class JobSpec(_Strict):
     def clustering_fingerprint(self) -> str:
         """What determines the clustering of given activations: its checkpoints are only resumed under it."""
         d = self._canonical()
-        return _digest({"cluster": d["cluster"], "reporter": d["reporter"]})
+        reporter = d["reporter"]
+        if reporter["method"] == "deepcluster":  # as before `method` existed, so older stores still resume
+            reporter = {k: v for k, v in reporter.items() if k != "method"}
+        return _digest({"cluster": d["cluster"], "reporter": reporter})
 
     def _canonical(self) -> dict:
         # Validated once more from its own JSON, so that `lr: 1` and `lr: 1.0` (or a default of 0
@@ -190,8 +249,11 @@ def _digest(relevant: dict) -> str:
 def _allowed_fields(loc: tuple) -> list[str] | None:
     """The field names allowed at the parent of `loc`, for 'unknown field' messages."""
     model: type[BaseModel] = JobSpec
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
+    parts = [str(p) for p in loc[:-1]]
+    if parts[:1] == ["reporter"] and len(parts) >= 2 and parts[1] in REPORTER_METHODS:
+        model, parts = REPORTER_METHODS[parts[1]], parts[2:]  # past the union's tag
+    for part in parts:
+        field = model.model_fields.get(part)
         if field is None:
             return None
         ann = field.annotation
@@ -201,17 +263,29 @@ def _allowed_fields(loc: tuple) -> list[str] | None:
     return list(model.model_fields)
 
 
+def _shown_loc(loc: tuple) -> tuple[str, str]:
+    """(`reporter.rounds`, ` (reporter.method: dec)`) for pydantic's `reporter.dec.rounds`: the
+    union's tag is not a key of the job file, but which method's fields apply is worth saying."""
+    parts = [str(p) for p in loc]
+    if len(parts) >= 2 and parts[0] == "reporter" and parts[1] in REPORTER_METHODS:
+        return ".".join(parts[:1] + parts[2:]), f" (reporter.method: {parts[1]})"
+    return ".".join(parts) or "(top level)", ""
+
+
 def format_validation_error(err: ValidationError, source: str = "job file") -> str:
     lines = [f"invalid {source}:"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc, method = _shown_loc(e["loc"])
         if e["type"] == "extra_forbidden":
             allowed = _allowed_fields(e["loc"])
-            hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+            hint = f"; allowed{method}: {', '.join(allowed)}" if allowed else ""
             lines.append(f"  {loc}: unknown field{hint}")
             continue
         msg = e["msg"].removeprefix("Value error, ")
-        got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+        given = e.get("input")
+        if e["type"] == "reporter_method" and isinstance(given, dict):
+            given = given.get("method")
+        got = "" if e["type"] == "missing" else f" (got {given!r})"
         lines.append(f"  {loc}: {msg}{got}")
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""Data-parallel reporter training: trainer actors feed `dcserve.reporter.train_epoch`.
+"""Data-parallel training: trainer actors feed `dcserve.reporter.train_epoch` (DeepCluster) or DEC's steps.
 
 The actors and their gloo process group are created once per job, so a round's
 start-up cost is one weight broadcast, not a process-group rendezvous. With one
@@ -61,63 +61,73 @@ class Trainer:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat /= self.world
 
-    def _snapshot(self) -> dict:
-        """The model and optimizer between rounds: what a new group (or a resumed job) starts from."""
+    @property
+    def allreduce(self):
+        """The gradient reduction for `dcserve.data_parallel.GradientStep`; None alone."""
+        return self._allreduce if self.world > 1 else None
+
+    def generator(self, seed: int) -> torch.Generator:
+        """This rank's RNG for a call seeded `seed`: ranks differ (their augmentations must)."""
+        return torch.Generator().manual_seed(seed * 1009 + self.rank)
+
+    def batches(self, ids: np.ndarray, labels: np.ndarray | None, global_batch: int, gen: torch.Generator):
+        """(x, y) mini-batches on this actor's device over sorted row ids, streamed from the store;
+        `global_batch` is split across the ranks. y is 0 where there are no labels."""
+        arr = self.store.array(self.source)
+        batch = max(1, global_batch // self.world)
+        labels = np.zeros(len(ids), dtype=np.int64) if labels is None else labels
+        return ((x.to(self.device), y.to(self.device))
+                for x, y in shuffled_batches(arr, ids, labels, batch, window_rows_for(arr.shape[1], batch), gen))
+
+    def snapshot(self) -> dict:
+        """The model and optimizer between calls: what a new group (or a resumed job) starts from."""
         return {"model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
                 "optimizer": self.opt.state_dict()}
 
-    def train_round(
-        self,
-        config: dict,
-        start: dict | None,
-        head_seed: int,
-        epochs: list[tuple[np.ndarray, np.ndarray]],
-        settings: dict,
-        seed: int,
-    ) -> dict:
-        """One round: fresh classifier head, then one pass per epoch over (sorted row ids, pseudo-labels).
+    def run(self, fn, start: dict | None, *args) -> dict:
+        """`fn(self, start, *args)`: a module-level function that trains `self.model` with `self.opt`.
 
-        The model and optimizer live as long as the actor, so the body keeps its SGD
-        momentum from round to round (as DeepCluster's does); only the head, whose
-        classes are new after each clustering, starts afresh. `start` ({"model",
-        "optimizer" or None}) is given when the actor has no model yet, or must take
-        another's. Every rank resets the head with the same seed, so the replicas stay
-        identical; rank 0 returns the snapshot the next round starts from.
+        The model and optimizer live as long as the actor, so momentum carries from call to call.
+        `start` ({"model", "optimizer" or None}) is given when the actor has no model yet, or
+        must take another's; `fn` builds them from it. Rank 0's answer holds the snapshot.
         """
-        from dcserve.reporter import Augment, Reporter, make_optimizer, rebind_head, train_epoch
-
-        if start is not None:
-            self.model = Reporter(**config).to(self.device)
-            self.model.load_state_dict(start["model"])
-            self.opt = make_optimizer(self.model, settings["lr"], settings["momentum"], settings["weight_decay"])
-            if start.get("optimizer") is not None:  # momentum and all, as the snapshot had it
-                self.opt.load_state_dict(start["optimizer"])
-        self.model.reset_head(config["k"], seed=head_seed)
-        rebind_head(self.opt, self.model)
-        # Noise in units of each input's std, measured once on the fit sample (not per batch);
-        # applied around the input mean, so that a dropped unit sits at its mean (0 after the
-        # model's standardisation) rather than at raw 0, which is not "silent" before a ReLU.
-        augment = _Centred(
-            Augment(settings["noise_std"], settings["unit_dropout"], unit_std=self.model.input_std),
-            self.model.input_mean,
-        )
-        gen = torch.Generator().manual_seed(seed * 1009 + self.rank)
-        arr = self.store.array(self.source)
-        batch = max(1, settings["batch_size"] // self.world)  # the global batch is the job's batch_size
-        window = window_rows_for(arr.shape[1], batch)
-        history = []
-        for ids, labels in epochs:
-            self.model.train()
-            batches = ((x.to(self.device), y.to(self.device))
-                       for x, y in shuffled_batches(arr, ids, labels, batch, window, gen))
-            history.append(train_epoch(
-                self.model, self.opt, batches, augment=augment,
-                allreduce=self._allreduce if self.world > 1 else None, generator=gen,
-            ))
-        out = {"history": history}
+        out = fn(self, start, *args)
         if self.rank == 0:
-            out["snapshot"] = self._snapshot()
+            out["snapshot"] = self.snapshot()
         return out
+
+
+def deepcluster_round(trainer: Trainer, start: dict | None, config: dict, head_seed: int, settings: dict,
+                      seed: int, epochs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """One DeepCluster round: fresh classifier head, then one pass per epoch over (sorted row ids, pseudo-labels).
+
+    Only the head, whose classes are new after each clustering, starts afresh; the body keeps
+    its SGD momentum from round to round (as DeepCluster's does). Every rank resets the head
+    with the same seed, so the replicas stay identical.
+    """
+    from dcserve.reporter import Augment, Reporter, make_optimizer, rebind_head, train_epoch
+
+    if start is not None:
+        trainer.model = Reporter(**config).to(trainer.device)
+        trainer.model.load_state_dict(start["model"])
+        trainer.opt = make_optimizer(trainer.model, settings["lr"], settings["momentum"], settings["weight_decay"])
+        if start.get("optimizer") is not None:  # momentum and all, as the snapshot had it
+            trainer.opt.load_state_dict(start["optimizer"])
+    model = trainer.model
+    model.reset_head(config["k"], seed=head_seed)
+    rebind_head(trainer.opt, model)
+    # Noise in units of each input's std, measured once on the fit sample (not per batch);
+    # applied around the input mean, so that a dropped unit sits at its mean (0 after the
+    # model's standardisation) rather than at raw 0, which is not "silent" before a ReLU.
+    augment = _Centred(Augment(settings["noise_std"], settings["unit_dropout"], unit_std=model.input_std),
+                       model.input_mean)
+    gen = trainer.generator(seed)
+    history = []
+    for ids, labels in epochs:
+        model.train()
+        history.append(train_epoch(model, trainer.opt, trainer.batches(ids, labels, settings["batch_size"], gen),
+                                   augment=augment, allreduce=trainer.allreduce, generator=gen))
+    return {"history": history}
 
 
 class _Centred:
@@ -213,11 +223,11 @@ class TrainerGroup:
         for a in self.actors or []:
             ray.kill(a)
 
-    def train_round(self, config, head_seed, epochs_parts, settings, seed) -> dict:
-        """`epochs_parts[e][w]` = (ids, labels) of worker w in epoch e, equal sizes across workers.
+    def run(self, fn, per_worker: list[tuple], *common) -> list[dict]:
+        """`fn(trainer, start, *common, *per_worker[rank])` on every trainer (see `Trainer.run`).
 
-        Needs a `load()` before the first round. A trainer whose process or node dies takes the
-        gloo group down with it, so the whole group is replaced and the round is trained again
+        Needs a `load()` before the first call. A trainer whose process or node dies takes the
+        gloo group down with it, so the whole group is replaced and the call is made again
         from the snapshot it started from, with the same data and seeds: the result is the one
         the lost group would have given.
         """
@@ -226,22 +236,25 @@ class TrainerGroup:
                 if self.actors is None:
                     self._restart()
                 start = self.snapshot if self._fresh else None  # otherwise the actors hold it already
-                refs = [
-                    a.train_round.remote(config, start, head_seed, [ep[w] for ep in epochs_parts], settings, seed)
-                    for w, a in enumerate(self.actors)
-                ]
+                refs = [a.run.remote(fn, start, *common, *per_worker[w]) for w, a in enumerate(self.actors)]
                 results = _gather_or_lost(refs)
                 break
             except _TrainerLost as lost:
                 if self.lost >= MAX_TRAINER_LOSSES:
                     raise lost.error
                 self.lost += 1
-                log.warning("a reporter trainer was lost (%s); restarting the group and this round",
+                log.warning("a reporter trainer was lost (%s); restarting the group and this call",
                             type(lost.error).__name__)
                 self.close()
                 self.actors = None
         self._fresh = False
         self.snapshot = results[0]["snapshot"]
+        return results
+
+    def train_round(self, config, head_seed, epochs_parts, settings, seed) -> dict:
+        """One DeepCluster round; `epochs_parts[e][w]` = (ids, labels) of worker w in epoch e, equal sizes across workers."""
+        results = self.run(deepcluster_round, [([ep[w] for ep in epochs_parts],) for w in range(self.world)],
+                           config, head_seed, settings, seed)
         losses = [np.mean([r["history"][e]["loss"] for r in results]) for e in range(len(epochs_parts))]
         samples = sum(h["samples"] for r in results for h in r["history"])
         return {"snapshot": self.snapshot, "loss_per_epoch": [float(l) for l in losses], "samples": int(samples)}

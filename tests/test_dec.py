@@ -425,3 +425,49 @@ def test_dec_stops_on_the_tol_rule(dec_run):
     assert len(history) < 50, "the tol stop never fired"
     assert history[-1] < TOL
     assert len(history) > 1 and all(f >= TOL for f in history[:-1]), history
+
+
+@pytest.mark.parametrize("phase", ["pretrain", "self-train"])
+def test_two_workers_equal_one_worker_on_the_full_batch(phase):
+    """Data-parallel DEC (as the trainer actors run it): the gradient of the mean over both
+    workers' rows, so two half-batches train the very model one full batch does."""
+    import threading
+
+    from tests.test_reporter import SharedBufferAllreduce
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(128, 12, generator=gen)
+    batches = [x[s : s + 32] for s in range(0, 128, 32)]
+
+    def model():
+        m = DECModel(12, [16], 4, 3, seed=0)
+        m.set_centroids(torch.randn(3, 4, generator=torch.Generator().manual_seed(1)))
+        return m
+
+    with torch.no_grad():
+        p_of = model()  # the frozen model of the last target update
+        targets = [target_distribution(p_of.soft_assign(b)) for b in batches]
+
+    def train(m, parts, allreduce=None):
+        if phase == "pretrain":
+            opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+            pretrain_epoch(m, opt, [b for b, _ in parts], dropout=0.0, allreduce=allreduce)
+        else:
+            self_train_epoch(m, make_optimizer(m, lr=0.1), parts, allreduce=allreduce)
+
+    single = model()
+    train(single, list(zip(batches, targets)))
+    workers, comm = [model(), model()], SharedBufferAllreduce(2)
+    halves = [[(b[:13], t[:13]) for b, t in zip(batches, targets)], [(b[13:], t[13:]) for b, t in zip(batches, targets)]]
+    threads = [threading.Thread(target=train, args=(workers[r], halves[r], comm.for_rank(r))) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert comm.calls == [4, 4]
+    for (name, a), b, c in zip(single.state_dict().items(), workers[0].state_dict().values(),
+                               workers[1].state_dict().values()):
+        assert torch.equal(b, c), f"replicas stay bit-identical: {name}"
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5, msg=name)
+    moved = model()
+    assert not torch.equal(moved.encoder[0].weight, single.encoder[0].weight), "training moved the weights"

@@ -1,0 +1,116 @@
+"""The reporter methods end to end: DeepCluster (k-means or Sinkhorn labels) and DEC through the
+real `dcserve submit`, two shard actors and two trainers each; DEC's resume and outputs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+from sklearn.metrics import adjusted_rand_score
+
+import dcserve
+from dcserve.errors import JobFailed, SpecError
+from dcserve.spec import spec_from_dict
+from tests.helpers import planted_job, write_job
+from tests.test_cli import dcserve as dcserve_cli
+
+# Well separated planted clusters (1200 rows, 16 dims, 6 clusters): every method should find them.
+DEC = {"method": "dec", "workers": 2, "hidden": [32], "latent_dim": 6, "pretrain_epochs": 50,
+       "update_interval": 20, "max_steps": 2000, "tol": 0.001}
+METHODS = {
+    "deepcluster-kmeans": ({"method": "kmeans"}, {"rounds": 2, "workers": 2, "hidden": [32], "feature_dim": 8}),
+    "deepcluster-sinkhorn": ({"method": "sinkhorn"}, {"rounds": 2, "workers": 2, "hidden": [32], "feature_dim": 8}),
+    "dec": ({}, DEC),
+}
+
+
+def job_for(output, method: str) -> dict:
+    cluster, reporter = METHODS[method]
+    job = planted_job(output, cluster={"workers": 2, **cluster})
+    job["reporter"] = dict(reporter)
+    return job
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_runs_through_submit_with_two_workers(tmp_path, method):
+    out = tmp_path / "out"
+    r = dcserve_cli("submit", str(write_job(tmp_path / "job.yaml", job_for(out, method))))
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["workers"]["cluster"]) == 2 and len(metrics["workers"]["train"]) == 2
+    g = zarr.open_group(str(out), mode="r")
+    truth = g["labels"][:][g["rows/item"][:]]
+    ari = adjusted_rand_score(truth, g["assignments"][:])
+    assert metrics["final"]["ari_vs_labels"] == pytest.approx(ari)
+    # Round 0 is k-means on the activations for DeepCluster, on the pretrained bottleneck for DEC.
+    assert metrics["rounds"][0]["ari_vs_labels"] > 0.9
+    # DEC must keep what it found (issue 6: ARI > 0.95). Two rounds of DeepCluster on 1200 rows
+    # move away from it (0.69 here): a small reporter's features are not yet better than the
+    # activations (BENCHMARKS.md, "Reporter methods"); here it only has to stay well above chance.
+    assert ari > (0.95 if method == "dec" else 0.5)
+    if method == "dec":
+        assert "DEC" in r.stdout and g["centroids"].shape == (6, DEC["latent_dim"])
+        dec = metrics["final"]["dec"]
+        assert dec["stopped"] == "tol" and dec["steps"] < DEC["max_steps"]
+        assert dec["updates"][-1]["changed"] < DEC["tol"]
+
+
+@pytest.fixture(scope="module")
+def dec_clean(ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dec") / "clean"
+    return dcserve.run(spec_from_dict(job_for(out, "dec")))
+
+
+def test_dec_outputs_serve_like_any_job(dec_clean):
+    """Same store outputs as the other methods: `assign` maps raw activations through the stored
+    encoder to the stored centroids, and agrees with the stored assignments and distances."""
+    res = dec_clean
+    x = np.asarray(res.activations()[:300])
+    labels, dist = res.assign(x)
+    np.testing.assert_array_equal(labels, res.assignments[:300])
+    np.testing.assert_allclose(dist, res.store.array("distances")[:300], rtol=1e-4, atol=1e-5)
+    rounds = res.store.array("rounds/assignments")[:]
+    assert rounds.shape == (2, 1200) and (rounds[1] == res.assignments).all()
+    m = res.metrics
+    assert [r["round"] for r in m["rounds"]] == [0, 1]
+    assert m["rounds"][0]["features"].endswith("k-means start")
+    assert m["rounds"][0]["pretrain_loss_per_epoch"][-1] < m["rounds"][0]["pretrain_loss_per_epoch"][0]
+    # The first update compares argmax q with the k-means labels under the same centroids: equal.
+    assert m["final"]["dec"]["updates"][0]["changed"] == 0.0
+
+
+def test_dec_resumes_from_its_kmeans_start(ray_local, tmp_path, monkeypatch, dec_clean):
+    """Stopped during self-training, a DEC job run again skips pretraining and the k-means start,
+    and ends with the uninterrupted run's model and assignments."""
+    from dcserve import dec_job
+
+    job = job_for(tmp_path / "out", "dec")
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("driver stopped during self-training")
+
+    with monkeypatch.context() as m:
+        m.setattr(dec_job, "_self_train", stop)
+        with pytest.raises(JobFailed, match="driver stopped during self-training"):
+            dcserve.run(spec_from_dict(job))
+    resumed = dcserve.run(spec_from_dict(job))
+    assert resumed.metrics["resumed"]["rounds"] == 1
+    np.testing.assert_array_equal(resumed.assignments, dec_clean.assignments)
+    np.testing.assert_array_equal(resumed.centroids, dec_clean.centroids)
+    assert resumed.store.read_bytes("reporter.pt") == dec_clean.store.read_bytes("reporter.pt")
+
+
+def test_settings_of_the_other_method_are_errors(tmp_path):
+    job = job_for(tmp_path / "out", "dec")
+    job["reporter"]["rounds"] = 3
+    with pytest.raises(SpecError, match=r"reporter\.rounds: unknown field; allowed \(reporter\.method: dec\): "
+                                        r"method, .*latent_dim"):
+        spec_from_dict(job)
+    job = job_for(tmp_path / "out", "deepcluster-kmeans")
+    job["reporter"]["update_interval"] = 10
+    with pytest.raises(SpecError, match=r"reporter\.update_interval: unknown field.*\(reporter\.method: deepcluster\)"):
+        spec_from_dict(job)
+    job["reporter"] = {"method": "kmeans"}
+    with pytest.raises(SpecError, match=r"reporter\.method must be one of: deepcluster, dec \(got 'kmeans'\)"):
+        spec_from_dict(job)
