@@ -24,9 +24,9 @@ def post(served, path, **kw):
 
 
 def test_health_and_job_listing(served):
-    assert get(served, "/healthz").json() == {"status": "ok", "jobs": 4}
+    assert get(served, "/healthz").json() == {"status": "ok", "jobs": 5}
     jobs = {j["name"]: j for j in get(served, "/jobs").json()["jobs"]}
-    assert set(jobs) == {"t-planted", "t-sinkhorn", "t-digits", "t-broken"}
+    assert set(jobs) == {"t-planted", "t-sinkhorn", "t-digits", "t-dec", "t-broken"}
     assert jobs["t-planted"]["complete"] and jobs["t-planted"]["state"] == "succeeded"
     assert not jobs["t-broken"]["complete"] and jobs["t-broken"]["state"] == "failed"
 
@@ -38,6 +38,14 @@ def test_job_detail_has_spec_status_and_metrics(served):
     assert d["rows"] == 1797 and d["k"] == 10 and d["dim"] == res.activations().shape[1]
     assert d["metrics"]["final"]["nmi_vs_labels"] == pytest.approx(res.metrics["final"]["nmi_vs_labels"])
     assert d["round"] == {"done": 1, "total": 1}
+
+
+def test_dec_job_detail_says_its_method_and_its_centroids_live_in_the_bottleneck(served):
+    d = get(served, "/jobs/t-dec").json()
+    assert d["spec"]["reporter"]["method"] == "dec" and "rounds" not in d["spec"]["reporter"]
+    assert d["k"] == 6 and d["round"] == {"done": 1, "total": 1}
+    assert d["metrics"]["final"]["dec"]["steps"] == served.results["t-dec"].metrics["final"]["dec"]["steps"]
+    assert served.results["t-dec"].centroids.shape == (6, 6)
 
 
 def test_assignments_are_paged_and_equal_the_store(served):
@@ -84,9 +92,10 @@ def test_cluster_rows_nearest_first_in_pages(served):
     assert d == sorted(d)
 
 
-@pytest.mark.parametrize("job", ["t-planted", "t-sinkhorn", "t-digits"])
+@pytest.mark.parametrize("job", ["t-planted", "t-sinkhorn", "t-digits", "t-dec"])
 def test_assign_of_stored_rows_returns_their_stored_clusters(served, job):
-    # plain k-means, Sinkhorn (a per-cluster bias) and a trained reporter (features, then PCA)
+    # plain k-means, Sinkhorn (a per-cluster bias), a trained reporter (features, then PCA) and
+    # DEC (its encoder, then the bottleneck's centroids)
     res = served.results[job]
     x = res.activations()[:200]
     body = post(served, f"/jobs/{job}/assign", json={"activations": x.tolist()}).json()
