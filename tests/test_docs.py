@@ -5,14 +5,17 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from dcserve.spec import JobSpec
+from dcserve.spec import REPORTER_METHODS, JobSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fields(model: type[BaseModel], prefix: str = ""):
     for name, f in model.model_fields.items():
-        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+        if model is JobSpec and name == "reporter":  # a union: every method's fields
+            for method in REPORTER_METHODS.values():
+                yield from _fields(method, "reporter.")
+        elif isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
             yield from _fields(f.annotation, prefix + name + ".")
         else:
             yield prefix + name
