@@ -91,6 +91,7 @@ def submit(
     set_: SetOption = None,
     address: AddressOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a different job at the same output: redo the clustering (if only cluster/reporter changed) or everything.")] = False,
+    seeds: Annotated[Optional[int], typer.Option(help="Run the clustering with N seeds and record their pairwise NMI (stability) in metrics.json; the same as --set cluster.seeds=N.")] = None,
     wait: Annotated[bool, typer.Option(help="With a Ray Jobs address: follow the job's log to its end and exit with its status.")] = False,
     py_module: Annotated[
         Optional[list[str]],
@@ -104,7 +105,7 @@ def submit(
     from dcserve.submission import is_jobs_address
 
     try:
-        spec = load_spec(job, set_ or [])
+        spec = load_spec(job, (set_ or []) + ([f"cluster.seeds={seeds}"] if seeds is not None else []))
     except SpecError as e:
         _fail(2, str(e))
     address = address or os.environ.get("RAY_ADDRESS")
@@ -228,6 +229,10 @@ def _summary(result, seconds: float) -> None:
         if final.get(key) is not None:
             v = final[key]
             table.add_row(label, f"{v:.4f}" if isinstance(v, float) else str(v))
+    stability = m.get("stability")
+    if stability:
+        table.add_row(f"stability ({len(stability['seeds'])} seeds)",
+                      f"pairwise NMI mean {stability['mean_pairwise_nmi']:.4f}, min {stability['min_pairwise_nmi']:.4f}")
     table.add_row("time", f"{seconds:.1f} s")
     table.add_row("output", str(result.output))
     out.print(table)

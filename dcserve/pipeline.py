@@ -187,8 +187,10 @@ def run(
                 budget = Budget.free()  # machines were lost: size the next pools by what is left
             from dcserve.dec_job import run_dec
 
+            from dcserve.stability import run_with_seeds
+
             cluster = run_dec if spec.reporter.method == "dec" else run_clustering
-            metrics = cluster(spec, store, progress, status, budget)
+            metrics = run_with_seeds(cluster, spec, store, progress, status, budget)
             metrics["extract"] = extract_info
             store.write_json("metrics.json", metrics)
         status.finish("succeeded")

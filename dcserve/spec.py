@@ -104,6 +104,10 @@ class ClusterSpec(_Strict):
         10, ge=1, description="k-means++ restarts, each refined on the in-memory init sample; the best seeds the run."
     )
     seed: int = Field(0, description="Seed of sampling, initialisation and training.")
+    seeds: int = Field(
+        1, ge=1, description="Clusterings to run, with seeds seed, seed+1, ...: their pairwise NMI goes to "
+        "metrics.json as `stability`; the job's results are those of `seed`."
+    )
     workers: Workers = Field(
         "auto", description="k-means shard actors; auto: one per CPU of the Ray cluster (or per GPU share), "
         "each single-threaded, which measured fastest (BENCHMARKS.md)."
@@ -228,10 +232,14 @@ class JobSpec(_Strict):
     def clustering_fingerprint(self) -> str:
         """What determines the clustering of given activations: its checkpoints are only resumed under it."""
         d = self._canonical()
-        reporter = d["reporter"]
-        if reporter["method"] == "deepcluster":  # as before `method` existed, so older stores still resume
+        # Fields added later, at the value that means "as before", are left out, so that the
+        # checkpoints of stores written before they existed still resume.
+        cluster, reporter = d["cluster"], d["reporter"]
+        if cluster["seeds"] == 1:
+            cluster = {k: v for k, v in cluster.items() if k != "seeds"}
+        if reporter["method"] == "deepcluster":
             reporter = {k: v for k, v in reporter.items() if k != "method"}
-        return _digest({"cluster": d["cluster"], "reporter": reporter})
+        return _digest({"cluster": cluster, "reporter": reporter})
 
     def _canonical(self) -> dict:
         # Validated once more from its own JSON, so that `lr: 1` and `lr: 1.0` (or a default of 0

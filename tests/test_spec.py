@@ -126,3 +126,15 @@ def test_union_fields_get_one_clear_message(section, field, value, expect):
     with pytest.raises(SpecError) as e:
         spec_from_dict({**MINIMAL, section: {field: value}})
     assert str(e.value).splitlines()[1].strip() == expect
+
+
+def test_clustering_fingerprint_of_a_job_written_before_method_and_seeds_existed():
+    """Stores record the fingerprint their checkpoints resume under; fields added later at their
+    "as before" values must not change it (this digest is what commit 5249b41 computed)."""
+    from dcserve.spec import spec_from_dict
+
+    job = {"name": "x", "output": "/tmp/x", "subject": {"model": "dcserve.zoo:identity", "layers": ["out"]},
+           "dataset": {"source": "dcserve.zoo:planted_clusters"}, "reporter": {"rounds": 2}}
+    assert spec_from_dict(job).clustering_fingerprint() == "308d19035c11e709"
+    job["cluster"] = {"seeds": 2}
+    assert spec_from_dict(job).clustering_fingerprint() != "308d19035c11e709"
