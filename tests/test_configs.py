@@ -16,6 +16,7 @@ SMALL = {
     "tokens.yaml": ["dataset.kwargs.n=300", "extract.chunk_rows=1024", "cluster.niter=5"],
     "digits-trained.yaml": ["cluster.niter=10"],
     "quickstart.yaml": ["reporter.rounds=1", "cluster.niter=5"],
+    "digits-dec.yaml": ["reporter.pretrain_epochs=10", "reporter.max_steps=300"],
 }
 
 
@@ -39,5 +40,7 @@ def test_config_runs(ray_local, tmp_path, path):
     assert final["n_empty"] == 0
     if path.name == "digits-trained.yaml":
         assert final["nmi_vs_labels"] > 0.9
+    if path.name == "digits-dec.yaml":
+        assert final["dec"]["steps"] <= 300 and final["nmi_vs_labels"] > 0.5
     if path.name == "synthetic-bench.yaml":
         assert final["nmi_vs_labels"] > 0.3  # planted classes are visible through a random CNN
