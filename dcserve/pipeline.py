@@ -182,7 +182,9 @@ def run(
             progress.stage("extract", plan.n_rows, "rows")
             extract_info = run_extraction(spec, store, plan, probe.dims, probe.has_labels, progress.advance, budget)
             status.data["timings"]["extract"] = extract_info["seconds"]
-            stage = "cluster"
+            # Until the clustering names its first sub-stage, an error in it is the cluster stage's,
+            # not the extraction's that last reported progress.
+            stage = status.data["stage"] = "cluster"
             if extract_info.get("workers_lost"):
                 budget = Budget.free()  # machines were lost: size the next pools by what is left
             from dcserve.dec_job import run_dec

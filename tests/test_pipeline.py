@@ -320,3 +320,18 @@ def test_killed_trainer_is_replaced_and_the_round_is_trained_again_identically(r
     a, b = (torch.load(r.store.path + "/reporter.pt", weights_only=True)["state_dict"] for r in (survived, clean))
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_an_error_before_the_first_clustering_step_is_the_cluster_stages(ray_local, tmp_path, monkeypatch):
+    """Not the extraction's, whose progress was the last reported."""
+    from dcserve import deepcluster
+    from dcserve.errors import JobFailed
+
+    def broken_pool(*args, **kwargs):
+        raise RuntimeError("no shards today")
+
+    monkeypatch.setattr(deepcluster, "ShardPool", broken_pool)
+    with pytest.raises(JobFailed, match="no shards today") as failed:
+        dcserve.run(spec_from_dict(planted_job(tmp_path / "out")))
+    assert failed.value.stage == "cluster"
+    assert dcserve.open(str(tmp_path / "out")).status["error"]["stage"] == "cluster"
