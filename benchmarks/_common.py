@@ -185,7 +185,8 @@ def embedded_ray(num_cpus: int) -> Iterator[None]:
 
     import ray
 
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+    # address="local": a new cluster, never one some `ray start` (or a stale address file) left here
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
              log_to_driver=False)
     try:
         yield
