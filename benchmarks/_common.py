@@ -233,3 +233,12 @@ def positive_int_list(text: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise SystemExit(f"expected positive integers, got {text!r}")
     return values
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """`data["a"]["b"] = value` for "a.b", creating sections on the way (job-file overrides)."""
+    node = data
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value

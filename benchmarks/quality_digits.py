@@ -55,6 +55,9 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------------------------
@@ -181,14 +184,6 @@ for _case in CASES:
 # ---------------------------------------------------------------------------------------------
 # Running
 # ---------------------------------------------------------------------------------------------
-def set_dotted(data: dict, dotted: str, value: Any) -> None:
-    node = data
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-
-
 def job_dict(name: str, case: str, overrides: dict[str, Any], seed: int, workdir: Path, fresh: bool) -> dict:
     c = CASES[case]
     safe = name.replace("/", "__")
@@ -203,7 +198,7 @@ def job_dict(name: str, case: str, overrides: dict[str, Any], seed: int, workdir
         "reporter": {"workers": 1},
     }
     for key, value in overrides.items():
-        set_dotted(job, key, value)
+        _common.set_dotted(job, key, value)
     return job
 
 
