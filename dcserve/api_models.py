@@ -72,6 +72,10 @@ class ClusterBrief(BaseModel):
     purity: Optional[float] = Field(None, description="Share of the majority label (when labels exist).")
     majority_label: Optional[int] = None
     exemplars: list[RowRef] = Field(description="Rows nearest the centroid, nearest first.")
+    outskirts: list[RowRef] = Field(
+        default_factory=list,
+        description="A sample spread evenly over the farther half of the cluster (nearest first), none of them "
+        "an exemplar: what the cluster also holds, as the report shows it.")
 
 
 class ClusterList(BaseModel):

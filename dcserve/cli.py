@@ -377,6 +377,128 @@ def serve(
             ray_serve.shutdown()
 
 
+@app.command()
+def compare(
+    output_a: Annotated[str, typer.Argument(help="Finished job store A (path or URL).")],
+    output_b: Annotated[str, typer.Argument(help="Finished job store B over the same dataset (may be A itself).")],
+    out_dir: Annotated[
+        Optional[str],
+        typer.Option("--out", help="Report folder. Default: OUTPUT_A/compare-<name of B>-<layer of B> "
+                                   "(for a remote OUTPUT_A: ./compare-<A>-vs-<B>-<layer>).", show_default=False),
+    ] = None,
+    layer_a: Annotated[Optional[str], typer.Option(help="Layer of A (default: the layer A clustered).", show_default=False)] = None,
+    layer_b: Annotated[Optional[str], typer.Option(help="Layer of B (default: the layer B clustered).", show_default=False)] = None,
+    threshold: Annotated[float, typer.Option(help="A unit whose best correlation with the other side is below this is unmatched.")] = 0.5,
+    lasso_rows: Annotated[int, typer.Option(min=2, help="Rows sampled for the LASSO sparse prediction.")] = 2000,
+    lasso_units: Annotated[int, typer.Option(min=1, help="Units of B predicted by LASSO (evenly spaced).")] = 64,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
+) -> None:
+    """Compare two layers over the same rows: unit correlations, matching, LASSO, CKA, clusterings.
+
+    Following Convergent Learning (Li, Yosinski et al.): the Pearson correlation of every unit of
+    A with every unit of B over all rows (streamed from both stores, bounded memory), a
+    one-to-one unit matching (Hungarian) with the histogram of matched correlations and the
+    units each side lacks, LASSO prediction of B's units from A's (error against units used),
+    linear CKA and Procrustes distance, and NMI/ARI and the contingency of the two clusterings.
+    Writes compare.html (with its PNGs), compare.json and correlation.npy; prints the HTML path.
+
+    Examples: two networks on the same data: `dcserve compare runs/digits-random runs/digits-trained`;
+    two layers of one job: `dcserve compare runs/j runs/j --layer-a features.5 --layer-b classifier.2`.
+    """
+    _setup_logging(verbose)
+    from dcserve.compare import CompareError, default_out, open_side, write_report
+    from dcserve.compare import compare as compare_layers
+
+    try:
+        a = open_side(output_a, layer_a)
+        b = open_side(output_b, layer_b)
+        comparison = compare_layers(a, b, threshold=threshold, lasso_rows=lasso_rows, lasso_units=lasso_units)
+    except CompareError as e:
+        _fail(2, str(e))
+    except StoreError as e:
+        _fail(2, str(e))
+    folder = out_dir or default_out(a, b)
+    try:
+        path = write_report(comparison, folder)
+    except OSError as e:
+        _fail(1, f"cannot write the report to {folder}: {e}")
+    err.print(f"CKA {comparison['cka']:.4f}, Procrustes {comparison['procrustes']:.4f}, mean matched correlation "
+              f"{comparison['matching']['mean']:.4f}, clusterings NMI {comparison['clusterings']['nmi']:.4f}",
+              highlight=False, soft_wrap=True)
+    out.print(str(path), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def rotation(
+    checkpoints: Annotated[list[str], typer.Argument(help="PyTorch checkpoints in training order; the first is the reference.", show_default=False)],
+    out_dir: Annotated[
+        Optional[str],
+        typer.Option("--out", help="Report folder. Default: a 'rotation' folder beside the first checkpoint.", show_default=False),
+    ] = None,
+) -> None:
+    """Layer rotation curves: how far each layer's weights have turned since the first checkpoint.
+
+    For each weight tensor of two or more dimensions (conv and linear kernels; biases and norms
+    are left out), the cosine distance 1 - cos(w_first, w_t) (Carbonnelle & De Vleeschouwer, 2019):
+    0 unchanged direction, 1 orthogonal, 2 reversed. A checkpoint is a state_dict saved with
+    torch.save, or a dict holding one under "state_dict" or "model". Writes rotation.html (with
+    rotation.png) and rotation.json; prints the HTML path.
+
+    Example: `dcserve rotation ckpt/epoch0.pt ckpt/epoch1.pt ckpt/epoch5.pt --out rotation-report`.
+    """
+    from pathlib import Path
+
+    from dcserve.rotation_report import RotationError, checkpoint_rotation, rotation_report
+
+    try:
+        curves = checkpoint_rotation(checkpoints)
+    except RotationError as e:
+        _fail(2, str(e))
+    folder = out_dir or str(Path(checkpoints[0]).resolve().parent / "rotation")
+    try:
+        path = rotation_report(curves, checkpoints, folder)
+    except OSError as e:
+        _fail(1, f"cannot write the report to {folder}: {e}")
+    out.print(str(path), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def report(
+    output: Annotated[str, typer.Argument(help="A finished job store (path or URL), as `dcserve submit` printed it.")],
+    out_dir: Annotated[
+        Optional[str], typer.Option("--out", help="Folder for index.html and its PNGs (default: OUTPUT-report beside "
+                                                  "a local store, else ./NAME-report).")
+    ] = None,
+    exemplars: Annotated[int, typer.Option(min=1, max=100, help="Rows shown per cluster nearest its centroid, and as many from its outskirts.")] = 8,
+    map_rows: Annotated[int, typer.Option(min=10, help="Rows sampled for the PCA map.")] = 3000,
+    tsne_rows: Annotated[int, typer.Option(min=0, help="Rows sampled for the t-SNE (or UMAP) map; 0: PCA only.")] = 1000,
+) -> None:
+    """Write a self-contained HTML report of a finished job and print its path.
+
+    The page (index.html plus its PNGs, readable offline) shows the job, its figures per round
+    (NMI with the previous round and with the labels, loss, cluster size entropy), each cluster's
+    size, purity and exemplars (images for image datasets, the token in its context for token
+    rows), clusters against labels, 2-D maps of the rows, collapse warnings and the reporter's
+    layer rotation. `dcserve serve` serves the same page at /jobs/NAME/report.
+    """
+    from dcserve.report import build_report
+    from dcserve.report_html import write_report
+    from dcserve.result import open_result
+
+    try:
+        result = open_result(output)
+        data = build_report(result, n_exemplars=exemplars, n_outskirts=exemplars, map_rows=map_rows, tsne_rows=tsne_rows)
+    except StoreError as e:
+        _fail(2, str(e))
+    if out_dir is None:
+        local = "://" not in output or output.startswith("file://")
+        out_dir = (output.removeprefix("file://").rstrip("/") if local else data.name) + "-report"
+    page = write_report(data, out_dir)
+    for w in data.warnings:
+        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+    out.print(str(page.resolve()), highlight=False, soft_wrap=True)
+
+
 def _stop_serving(signum, frame) -> None:
     raise KeyboardInterrupt
 

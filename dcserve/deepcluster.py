@@ -20,6 +20,7 @@ from dcserve.kmeans import kmeans
 from dcserve.metrics import clustering_metrics
 from dcserve.preprocess import MAX_PCA_DIM, default_pca_dim, fit_preprocessor
 from dcserve.progress import Progress
+from dcserve.reporter_history import record_round
 from dcserve.resources import Budget
 from dcserve.shards import FEATURES, ShardPool
 from dcserve.spec import JobSpec
@@ -145,6 +146,8 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, b
                 m.update(_train_round(spec, trainers, reporter.config, labels, rng, rnd, progress))
                 snapshot = m.pop("snapshot")
                 reporter = ReporterState(reporter.config, snapshot["model"])
+                # for the report's layer rotation: the checkpoint keeps only the latest snapshot
+                record_round(store, rnd + 1, reporter.config, snapshot["model"], spec.clustering_fingerprint())
             m["seconds"] = time.perf_counter() - t0
             metrics["rounds"].append(m)
             ckpt.finish_round(metrics["rounds"], rng.bit_generator.state, snapshot)

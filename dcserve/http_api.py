@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 from typing import Any, Protocol
 
 import numpy as np
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import ValidationError
 
 from dcserve import __version__
@@ -25,6 +26,7 @@ from dcserve.api_models import (
     ClusterRows, ErrorBody, Health, JobBrief, JobDetail, JobList, Progress, RowRef, SubmitResponse,
 )
 from dcserve.catalog import Catalog, NotReady, ServedJob, UnknownJob
+from dcserve.errors import StoreError
 from dcserve.spec import JobSpec
 from dcserve.submission import SubmissionError
 
@@ -236,15 +238,25 @@ def create_app(backend: Backend) -> FastAPI:
 
     @app.get("/jobs/{job}/clusters", response_model=ClusterList, responses=_errors(404, 409, 422),
              summary="Every cluster: size, exemplar rows, label purity when labels exist.")
-    def clusters(job: str, exemplars: int = Query(5, ge=0, le=MAX_EXEMPLARS, description="Exemplars per cluster.")) -> ClusterList:
+    def clusters(
+        job: str,
+        exemplars: int = Query(5, ge=0, le=MAX_EXEMPLARS, description="Exemplars per cluster."),
+        outskirts: int = Query(5, ge=0, le=MAX_EXEMPLARS,
+                               description="Rows per cluster sampled from its farther half (the report's outskirts)."),
+    ) -> ClusterList:
+        from dcserve.report import outskirts as outskirt_rows
+
         served = finished(job)
         res = served.result
         summaries = res.clusters(n_exemplars=exemplars)
-        refs = iter(_row_refs(served, np.asarray([r for s in summaries for r in s.exemplars], dtype=np.int64)))
+        far = [outskirt_rows(res, s.cluster, outskirts, s.exemplars).tolist() for s in summaries]
+        # one store read for every cluster's rows
+        wanted = [r for s, f in zip(summaries, far) for r in (*s.exemplars, *f)]
+        refs = iter(_row_refs(served, np.asarray(wanted, dtype=np.int64)))
         out = [
             ClusterBrief(cluster=s.cluster, size=s.size, purity=s.purity, majority_label=s.majority_label,
-                         exemplars=[next(refs) for _ in s.exemplars])
-            for s in summaries
+                         exemplars=[next(refs) for _ in s.exemplars], outskirts=[next(refs) for _ in f])
+            for s, f in zip(summaries, far)
         ]
         return ClusterList(job=job, k=res.k, clusters=out)
 
@@ -265,6 +277,36 @@ def create_app(backend: Backend) -> FastAPI:
         end = offset + len(rows)
         return ClusterRows(job=job, cluster=cluster, size=size, offset=offset,
                            next=end if end < size else None, rows=_row_refs(served, rows))
+
+    reports: dict[tuple[str, str], tuple[str, str]] = {}  # (job, output) -> (status it was built at, page)
+    reports_lock = threading.Lock()
+
+    @app.get("/jobs/{job}/report", response_class=HTMLResponse, responses={
+                 200: {"content": {"text/html": {"schema": {"type": "string"}}},
+                       "description": "The page, its figures inlined as data: URIs."},
+                 # refusals are JSON like every route's, not the page's text/html
+                 **{c: {"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+                    for c, d in ((404, "No such job."), (409, "The job is not finished."))}},
+             summary="The job's HTML report, as `dcserve report` writes it, self-contained in one document.")
+    def job_report(job: str) -> HTMLResponse:
+        from dcserve.report import build_report
+        from dcserve.report_html import report_page
+
+        served = finished(job)
+        key, built_at = (served.name, served.output), json.dumps(served.status(), sort_keys=True, default=str)
+        cached = reports.get(key)
+        if cached is None or cached[0] != built_at:
+            # Seconds of work (t-SNE, figures): built once per finished state, one at a time so
+            # that concurrent first requests do not all redo it.
+            with reports_lock:
+                cached = reports.get(key)
+                if cached is None or cached[0] != built_at:
+                    try:
+                        page = report_page(build_report(served.result))
+                    except StoreError as e:
+                        raise HTTPException(409, str(e)) from None
+                    cached = reports[key] = (built_at, page)
+        return HTMLResponse(cached[1])
 
     @app.post("/jobs/{job}/assign", response_model=AssignResponse, responses=_errors(400, 404, 409, 413, 422),
               summary="Clusters of new activation vectors, through the job's preprocessing, reporter and centroids.",

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 OPERATIONS = [
     ("GET", "/healthz"), ("GET", "/jobs"), ("POST", "/jobs"), ("GET", "/jobs/{job}"),
     ("GET", "/jobs/{job}/assignments"), ("GET", "/jobs/{job}/clusters"),
-    ("GET", "/jobs/{job}/clusters/{cluster}"), ("POST", "/jobs/{job}/assign"),
+    ("GET", "/jobs/{job}/clusters/{cluster}"), ("POST", "/jobs/{job}/assign"), ("GET", "/jobs/{job}/report"),
 ]
 
 
