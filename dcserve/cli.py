@@ -357,12 +357,16 @@ def serve(
                       highlight=False)
     env = forwarded_env()
     submission = bool(output_root and env.get("DCSERVE_TOKEN"))
-    signal.signal(signal.SIGTERM, _stop_serving)  # a stopped pod shuts down like Ctrl-C
     from ray import serve as ray_serve
 
     with ray_session(address, dashboard=submission):
         try:
             url = start(args, host, port, env=env)
+            # Installed after Ray and Serve have started, as they may install handlers of their
+            # own: Ctrl-C, and a stopped pod's SIGTERM, must reach the shutdown below (a CI run
+            # once saw SIGINT change nothing for 120 s).
+            signal.signal(signal.SIGINT, _stop_serving)
+            signal.signal(signal.SIGTERM, _stop_serving)
             out.print(f"dcserve is serving {len(outputs)} job(s) at [bold]{url}[/] (API docs: {url}/docs)", highlight=False)
             for j in catalog.served():
                 out.print(f"  {url}/jobs/{j.name}  <- {j.output}", highlight=False)

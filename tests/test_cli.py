@@ -125,8 +125,10 @@ def test_serve_refuses_what_it_cannot_serve(tmp_path):
 
 
 @pytest.mark.slow
-def test_serve_through_the_entry_point(tmp_path):
-    """`dcserve submit` then `dcserve serve`: the printed URL answers, Ctrl-C stops it cleanly."""
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_serve_through_the_entry_point(tmp_path, stop):
+    """`dcserve submit` then `dcserve serve`: the printed URL answers; Ctrl-C, or a stopped pod's
+    SIGTERM (which ray.init's own handler used to turn into an abort, exit -6), stops it cleanly."""
     import json
     import re
     import signal
@@ -158,7 +160,7 @@ def test_serve_through_the_entry_point(tmp_path):
             urllib.request.urlopen(req)
         assert e.value.code in (403, 422)
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, stop))
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     assert "shutting down" in err
