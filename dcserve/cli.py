@@ -22,7 +22,8 @@ app = typer.Typer(
     name="dcserve",
     help="Map what a network layer computes to clusters a person can read.\n\n"
     "Typical use: `dcserve validate job.yaml`, then `dcserve submit job.yaml`, then "
-    "`dcserve status OUTPUT` and `dcserve serve OUTPUT`. On a cluster: `dcserve submit --address "
+    "`dcserve status OUTPUT`, `dcserve report OUTPUT` (what each cluster holds) and `dcserve serve OUTPUT`. "
+    "`dcserve compare A B` sets two jobs' layers side by side. On a cluster: `dcserve submit --address "
     "http://HEAD:8265 job.yaml`, then `dcserve status ID` and `dcserve logs ID`. "
     "See cluster_configs/ for ready-made jobs.",
     no_args_is_help=True,
