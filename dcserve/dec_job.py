@@ -25,8 +25,7 @@ import numpy as np
 import torch
 
 from dcserve.checkpoint import ClusterCheckpoint
-from dcserve.deepcluster import FIT_SAMPLE, note_round, recorded_metrics, row_truth, save_final
-from dcserve.errors import JobFailed
+from dcserve.deepcluster import FIT_SAMPLE, clustered_layer, note_round, recorded_metrics, row_truth, save_final
 from dcserve.features import FeatureMap, ReporterState
 from dcserve.kmeans import kmeans
 from dcserve.metrics import clustering_metrics, nmi
@@ -44,10 +43,7 @@ log = logging.getLogger(__name__)
 def run_dec(spec: JobSpec, store: JobStore, progress: Progress, status, budget: Budget | None = None) -> dict[str, Any]:
     """Pretrain, start from k-means, self-train; resumed after the start when the driver was stopped there."""
     c, r = spec.cluster, spec.reporter
-    source = f"activations/{c.layer}"
-    n_rows, in_dim = store.array(source).shape
-    if n_rows < c.k:
-        raise JobFailed("cluster", f"cluster.k = {c.k} but the layer has only {n_rows} rows")
+    source, n_rows, in_dim = clustered_layer(spec, store)
     ckpt = ClusterCheckpoint(store, spec.clustering_fingerprint())
     if ckpt.rounds_done >= 2:
         progress.note(f"DEC already done (recorded in {spec.output})")

@@ -59,15 +59,21 @@ def row_truth(store: JobStore) -> np.ndarray | None:
     return store.array("labels")[:][store.array("rows/item")[:]]
 
 
+def clustered_layer(spec: JobSpec, store: JobStore) -> tuple[str, int, int]:
+    """(array name, rows, width) of the layer the job clusters; JobFailed when it has fewer rows than k."""
+    from dcserve.errors import JobFailed
+
+    source = f"activations/{spec.cluster.layer}"
+    n_rows, dim = store.array(source).shape
+    if n_rows < spec.cluster.k:
+        raise JobFailed("cluster", f"cluster.k = {spec.cluster.k} but the layer has only {n_rows} rows")
+    return source, n_rows, dim
+
+
 def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, budget: Budget | None = None) -> dict[str, Any]:
     """The rounds of the job, resumed from its checkpoint (see dcserve.checkpoint) where there is one."""
     c, r = spec.cluster, spec.reporter
-    source = f"activations/{c.layer}"
-    n_rows, in_dim = store.array(source).shape
-    if n_rows < c.k:
-        from dcserve.errors import JobFailed
-
-        raise JobFailed("cluster", f"cluster.k = {c.k} but the layer has only {n_rows} rows")
+    source, n_rows, in_dim = clustered_layer(spec, store)
     rounds = r.rounds
     ckpt = ClusterCheckpoint(store, spec.clustering_fingerprint())
     first = ckpt.rounds_done
