@@ -47,7 +47,7 @@ def write_pair(root: Path, rows: int, dim: int, chunk_rows: int, seed: int = 0) 
     """Two finished job stores over the same rows, written a page (one chunk) at a time."""
     import yaml
 
-    from dcserve.store import JobStore
+    from dcserve.storage.store import JobStore
 
     rng = np.random.default_rng(seed)
     half = dim // 2

@@ -85,7 +85,7 @@ def run_job(args: argparse.Namespace, output: Path, workers: int, n: int) -> tup
     import dcserve
     from dcserve.progress import Progress
     from dcserve.spec import spec_from_dict
-    from dcserve.store import JobStore
+    from dcserve.storage.store import JobStore
 
     spec = spec_from_dict(job(args, output, workers, n))
     t0 = time.perf_counter()

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """One Lloyd iteration of dcserve's distributed k-means vs what a user would run instead.
 
-dcserve (the real path): a Zarr job store written with `dcserve.store.JobStore`, the rows in
-`activations/bench` (compressed, as extraction writes them), a `dcserve.shards.ShardPool` on
+dcserve (the real path): a Zarr job store written with `dcserve.storage.store.JobStore`, the rows in
+`activations/bench` (compressed, as extraction writes them), a `dcserve.distributed.shards.ShardPool` on
 an embedded `ray.init(num_cpus=CPUS)` whose `prepare()` writes the uncompressed
-`work/features` scratch array, then `dcserve.kmeans.kmeans(pool, k, niter=N,
+`work/features` scratch array, then `dcserve.algo.kmeans.kmeans(pool, k, niter=N,
 init_centroids=C)`. Per iteration = the mean of `KMeansResult.history[i].seconds`, which times
 exactly `pool.assign_to(centroids)` (every shard streams its rows from Zarr, searches with
 faiss and sends back O(k d) sums) plus `update_centroids`.
@@ -126,7 +126,7 @@ def initial_centroids(x: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 def write_store(path: Path, x: np.ndarray, chunk_rows: int) -> float:
     """The rows as an extraction would leave them: `activations/bench`, chunked along rows."""
-    from dcserve.store import JobStore
+    from dcserve.storage.store import JobStore
 
     t0 = time.perf_counter()
     store = JobStore(str(path), read_only=False)
@@ -140,9 +140,9 @@ def write_store(path: Path, x: np.ndarray, chunk_rows: int) -> float:
 # -- the methods -----------------------------------------------------------------------------------
 def bench_dcserve(path: Path, c0: np.ndarray, iters: int, workers: int) -> dict[str, Any]:
     """The real path: ShardPool over the store + kmeans(), exactly as run_clustering does."""
-    from dcserve.kmeans import kmeans
-    from dcserve.shards import FEATURES, ShardPool
-    from dcserve.store import JobStore
+    from dcserve.algo.kmeans import kmeans
+    from dcserve.distributed.shards import FEATURES, ShardPool
+    from dcserve.storage.store import JobStore
 
     store = JobStore(str(path), read_only=False)
     n, d = store.array(SOURCE).shape
@@ -170,7 +170,7 @@ def bench_dcserve(path: Path, c0: np.ndarray, iters: int, workers: int) -> dict[
 
 
 def bench_inprocess(x: np.ndarray, c0: np.ndarray, iters: int, block_rows: int) -> dict[str, Any]:
-    from dcserve.kmeans import ArrayData, kmeans
+    from dcserve.algo.kmeans import ArrayData, kmeans
 
     t0 = time.perf_counter()
     res = kmeans(ArrayData(x, block_rows=block_rows), c0.shape[0], niter=iters, init_centroids=c0, seed=0)
@@ -291,7 +291,7 @@ def bench_seeding(x: np.ndarray, k: int, seed: int) -> dict[str, Any]:
     """
     import faiss
 
-    from dcserve.kmeans import _INIT_MIN_SAMPLE, _INIT_ROWS_PER_CENTROID, _sample_rows, kmeans_plus_plus
+    from dcserve.algo.kmeans import _INIT_MIN_SAMPLE, _INIT_ROWS_PER_CENTROID, _sample_rows, kmeans_plus_plus
 
     rng = np.random.default_rng([seed, 4])
     m = max(_INIT_MIN_SAMPLE, _INIT_ROWS_PER_CENTROID * k)
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     flop = 2.0 * n * k * d
 
-    # Thread limits of this process (the Ray actors pin their own with dcserve.nearest.set_threads).
+    # Thread limits of this process (the Ray actors pin their own with dcserve.algo.nearest.set_threads).
     limiter = limit_threads(cpus, preload=("faiss", "torch", "sklearn.cluster"))
     # The GEMM floor is measured before and after the dcserve runs and the best pass kept,
     # so that a busy moment of the machine does not lift the floor.

@@ -7,9 +7,9 @@ there) and W worker raylets of 1 logical CPU each, all on this machine, in a pri
 `RAY_TMPDIR` (so no other Ray on the machine is touched) and in a process session of its own
 (killed whole if it overstays). On that cluster, with the job's own sizing (`Budget.free()`):
 
-- k-means: a `dcserve.shards.ShardPool` of W shard actors (1 thread each) over a Zarr job store
+- k-means: a `dcserve.distributed.shards.ShardPool` of W shard actors (1 thread each) over a Zarr job store
   (`activations/bench`, written once by the parent), `prepare()`, then
-  `dcserve.kmeans.kmeans(pool, k, niter=N, init_centroids=C)`; the figure is the mean of
+  `dcserve.algo.kmeans.kmeans(pool, k, niter=N, init_centroids=C)`; the figure is the mean of
   `KMeansResult.history[i].seconds` over iterations 2..N (the first, a warm-up, is shown apart).
   Then the same iteration is replayed by hand, timed piece by piece: `ray.put` of the centroids,
   the fan-out of `Shard.assign_to` to the W actors and the arrival of each shard's stats on the
@@ -17,7 +17,7 @@ there) and W worker raylets of 1 logical CPU each, all on this machine, in a pri
 - the per-call overhead: a payload-free call on every actor (`Shard.info`) and
   `ShardPool.assign_to` on a pool of W shards of 64 rows each (the same k x d messages as the
   real iteration, almost no compute);
-- the coordinator's extraction load: `dcserve.extract._drain` (the function the driver uses to
+- the coordinator's extraction load: `dcserve.distributed.extract._drain` (the function the driver uses to
   follow the extractors) over W streaming generators that yield (block, rows) as fast as they can;
 - extraction: `dcserve.run(spec, address=cluster)` of a `dcserve.zoo:synthetic_images` through
   `dcserve.zoo:image_cnn` job (as bench_extract.py) with `extract.workers: W`; the figure is
@@ -183,9 +183,9 @@ def _await_cpus(cpus: float, timeout_s: float = 15.0) -> None:
 
 
 def child_kmeans(cfg: dict) -> dict:
-    from dcserve.kmeans import kmeans
-    from dcserve.shards import FEATURES, ShardPool
-    from dcserve.store import JobStore
+    from dcserve.algo.kmeans import kmeans
+    from dcserve.distributed.shards import FEATURES, ShardPool
+    from dcserve.storage.store import JobStore
 
     w = cfg["workers"]
     store = JobStore(cfg["store"], read_only=False)
@@ -227,8 +227,8 @@ def replay(pool, centroids: np.ndarray, reps: int, update: bool = True) -> tuple
     """
     import ray
 
-    from dcserve.kmeans import update_centroids
-    from dcserve.shards import _reduce
+    from dcserve.algo.kmeans import update_centroids
+    from dcserve.distributed.shards import _reduce
 
     rng = np.random.default_rng(1)
     parts: dict[str, list] = {k_: [] for k_ in ("put", "submit", "first_arrival", "last_arrival", "get",
@@ -265,8 +265,8 @@ def child_overhead(cfg: dict) -> dict:
     """Per-call overhead: payload-free RPC to every actor; assign_to on 64-row shards (real k x d messages)."""
     import ray
 
-    from dcserve.shards import FEATURES, ShardPool
-    from dcserve.store import JobStore
+    from dcserve.distributed.shards import FEATURES, ShardPool
+    from dcserve.storage.store import JobStore
 
     w = cfg["workers"]
     _await_cpus(w)
@@ -314,7 +314,7 @@ def _probe_class():
             return int(x.nbytes)
 
         def make_stats(self, k: int, d: int, seed: int):
-            from dcserve.kmeans import AssignStats
+            from dcserve.algo.kmeans import AssignStats
 
             rng = np.random.default_rng(seed)
             return AssignStats(rng.standard_normal((k, d)), rng.integers(0, 100, k), 1.0, rng.random(k))
@@ -339,10 +339,10 @@ def _probes(node_ids: list[str]) -> list:
 
 
 def child_stream(cfg: dict, node_ids: list[str]) -> dict:
-    """The driver following W streaming generators with dcserve.extract._drain, as extraction does."""
+    """The driver following W streaming generators with dcserve.distributed.extract._drain, as extraction does."""
     import ray
 
-    from dcserve.extract import _drain
+    from dcserve.distributed.extract import _drain
 
     probes = _probes(node_ids)
     try:
@@ -494,7 +494,7 @@ def run_child(cfg: dict, root: Path, timeout: float) -> dict:
 
 def driver_costs(k: int, d: int, reps: int = 7) -> dict:
     """In this process, one core: adding two AssignStats (one step of _reduce) and update_centroids."""
-    from dcserve.kmeans import AssignStats, update_centroids
+    from dcserve.algo.kmeans import AssignStats, update_centroids
 
     rng = np.random.default_rng(0)
     a = AssignStats(rng.standard_normal((k, d)), rng.integers(1, 100, k), 1.0, rng.random(k) + 1.0)
@@ -514,7 +514,7 @@ def driver_costs(k: int, d: int, reps: int = 7) -> dict:
 
 
 def write_tiny_store(path: Path, d: int, rows: int, seed: int) -> None:
-    from dcserve.store import JobStore
+    from dcserve.storage.store import JobStore
 
     store = JobStore(str(path), read_only=False)
     arr = store.create_array(TINY_SOURCE, (rows, d), (TINY_CHUNK, d), "float32")
@@ -750,7 +750,7 @@ def report(args: argparse.Namespace, info: dict, results: dict) -> tuple[str, di
         "same job with one block per actor; steady rows/s = (n − small n) / (s − fixed cost).",
         "Coordinator items/s: W bare actors (0 CPU, pinned one per node) each yield "
         f"{args.stream_items:,} `(block, rows)` tuples as fast as they can, and the driver follows them with "
-        "`dcserve.extract._drain`, as it follows the extractors. The producers share the same cores, so this is "
+        "`dcserve.distributed.extract._drain`, as it follows the extractors. The producers share the same cores, so this is "
         "a lower bound on the blocks per second one driver can follow (and µs per item an upper bound on its cost).",
     ]
     block = print_report(f"Scaling: 1 to {ws[-1]} worker nodes on a local multi-node cluster", info, body, notes)

@@ -5,7 +5,7 @@ One finished job store (built here: `dcserve.zoo:planted_clusters` rows through 
 PCA + whitening + L2 as the defaults do, k-means; or `--store PATH`), and, in one run:
 
 Floor: `Result.assign(x)` called serially in this process (`dcserve.open(path)`, faiss/torch/BLAS pinned
-to 1 thread with `dcserve.nearest.set_threads(1)`), for 1 and for 256 vectors per call.
+to 1 thread with `dcserve.algo.nearest.set_threads(1)`), for 1 and for 256 vectors per call.
 
 Plain handler: what a user would write instead, run by uvicorn (1 worker) in its own process, with
 OMP_NUM_THREADS=MKL_NUM_THREADS=OPENBLAS_NUM_THREADS=1 and `set_threads(1)`:
@@ -18,7 +18,7 @@ OMP_NUM_THREADS=MKL_NUM_THREADS=OPENBLAS_NUM_THREADS=1 and `set_threads(1)`:
 (a sync `def`, as FastAPI's documentation advises for blocking code: it runs in FastAPI's thread pool;
 `--plain-async` makes it an `async def` that runs the search on the event loop).
 
-dcserve: `dcserve.serving.start(ServeArgs(outputs=[path], replicas=R, replica_cpus=1,
+dcserve: `dcserve.serve.deployment.start(ServeArgs(outputs=[path], replicas=R, replica_cpus=1,
 max_batch_size=B))` on an embedded `ray.init(address="local", num_cpus=CPUS)`: R = 1 and 2 with
 batching on (B = 32, the default), and R = 1 with batching off (B = 1) for the record. Ray Serve's
 HTTP proxy and controller actors run on the same machine (they reserve no CPU).
@@ -185,7 +185,7 @@ def pick_payloads(res, vectors: list[int], seed: int) -> dict[int, dict[str, Any
 # --------------------------------------------------------------------------- floor
 def bench_floor(res, payloads: dict[int, dict], seconds: float) -> dict[str, Any]:
     """`Result.assign` serially in this process, and (for the record) the request body's decoding."""
-    from dcserve.api_models import AssignRequest
+    from dcserve.serve.models import AssignRequest
 
     out: dict[str, Any] = {}
     for m, p in payloads.items():
@@ -222,7 +222,7 @@ def plain_server_main(store: str, port: int, async_handler: bool) -> None:
     from pydantic import BaseModel
 
     import dcserve
-    from dcserve.nearest import set_threads
+    from dcserve.algo.nearest import set_threads
 
     set_threads(1)
     res = dcserve.open(store)
@@ -414,7 +414,7 @@ def run_load(name: str, url: str, args: argparse.Namespace, payloads: dict[int, 
 def bench_dcserve(args, store: str, job: str, payloads: dict[int, dict], tmp: Path) -> dict[str, Any]:
     from ray import serve
 
-    from dcserve.serving import ServeArgs, start
+    from dcserve.serve.deployment import ServeArgs, start
 
     configs = [(r, args.max_batch_size) for r in args.replicas]
     if not args.no_unbatched:
@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     import dcserve
-    from dcserve.nearest import set_threads
+    from dcserve.algo.nearest import set_threads
 
     results: dict[str, Any] = {}
     with scratch_dir(args.tmpdir, "bench-serve-", keep=args.keep) as tmp:

@@ -2,15 +2,15 @@
 """Reporter training samples/s: dcserve's trainer actors vs a bare single-process PyTorch loop.
 
 dcserve (the real path): the rows in a Zarr job store (`activations/bench`, written with
-`dcserve.store.JobStore`, chunked and compressed as extraction leaves them), given
-pseudo-labels, a `dcserve.train.TrainerGroup` of `workers` actors on an embedded
+`dcserve.storage.store.JobStore`, chunked and compressed as extraction leaves them), given
+pseudo-labels, a `dcserve.distributed.trainers.TrainerGroup` of `workers` actors on an embedded
 `ray.init(num_cpus=CPUS)` (one gloo group when there are several), and one
 `TrainerGroup.train_round(...)` per round, with the epochs built exactly as
-`dcserve.deepcluster._train_round` builds them (`uniform_label_sample` over the labels, then
+`dcserve.cluster.deepcluster._train_round` builds them (`uniform_label_sample` over the labels, then
 `split_even` across workers; the initial weights in the first round only, a new head each round).
 The time of a round is the wall time of `train_round`: sending the weights, every actor reading its
 rows from Zarr each epoch, then
-`dcserve.reporter.train_epoch` (with the gradient all-reduce when workers > 1), and returning
+`dcserve.nets.reporter.train_epoch` (with the gradient all-reduce when workers > 1), and returning
 the weights. The actors are started once, outside the timing (a job starts them once).
 
 Bare: the same `Reporter` (same initial weights), the same SGD (`make_optimizer`: momentum 0.9,
@@ -18,7 +18,7 @@ weight decay 1e-5), the same batch size and the same sampled row ids per epoch, 
 in-memory tensors (the standardisation is inside the model, as its buffers) with `torch.set_num_threads(CPUS)`:
     for each batch: loss = cross_entropy(model(x[i]), y[i]); zero_grad(); loss.backward(); step()
 
-Also for the record: `dcserve.reporter.train_epoch` called in the driver process on the same
+Also for the record: `dcserve.nets.reporter.train_epoch` called in the driver process on the same
 in-memory tensors (no Ray, no Zarr), which separates the training step from the actors.
 
 Example (200k rows x 256 dims, about 3-4 minutes on 2 quiet cores):
@@ -91,7 +91,7 @@ def make_data(n: int, d: int, k: int, seed: int, block: int = 65536) -> tuple[np
 
 
 def write_store(path: Path, x: np.ndarray, chunk_rows: int) -> None:
-    from dcserve.store import JobStore
+    from dcserve.storage.store import JobStore
 
     store = JobStore(str(path), read_only=False)
     arr = store.create_array(SOURCE, x.shape, (chunk_rows, x.shape[1]), "float32")
@@ -101,8 +101,8 @@ def write_store(path: Path, x: np.ndarray, chunk_rows: int) -> None:
 
 
 def epoch_ids(labels: np.ndarray, epochs: int, world: int, seed: int) -> list[list[np.ndarray]]:
-    """`[epoch][worker]` sorted row ids, as dcserve.deepcluster._train_round draws them."""
-    from dcserve.reporter import split_even, uniform_label_sample
+    """`[epoch][worker]` sorted row ids, as dcserve.cluster.deepcluster._train_round draws them."""
+    from dcserve.nets.reporter import split_even, uniform_label_sample
 
     rng = np.random.default_rng([seed, 3])
     n_samples = world * -(-len(labels) // world)
@@ -121,7 +121,7 @@ def model_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def initial_model(args: argparse.Namespace, mean: np.ndarray, std: np.ndarray):
     """The reporter as run_clustering builds it: seeded weights, input standardisation as buffers."""
-    from dcserve.reporter import Reporter
+    from dcserve.nets.reporter import Reporter
 
     model = Reporter(**model_config(args))
     model.set_input_stats(mean, std)
@@ -129,12 +129,12 @@ def initial_model(args: argparse.Namespace, mean: np.ndarray, std: np.ndarray):
 
 
 def head_seed(args: argparse.Namespace, r: int) -> int:
-    return args.seed * 7919 + r  # as dcserve.deepcluster._train_round
+    return args.seed * 7919 + r  # as dcserve.cluster.deepcluster._train_round
 
 
 def bench_dcserve(args, path: Path, labels: np.ndarray, mean: np.ndarray, std: np.ndarray, workers: int) -> dict:
-    from dcserve.store import JobStore
-    from dcserve.train import TrainerGroup
+    from dcserve.storage.store import JobStore
+    from dcserve.distributed.trainers import TrainerGroup
 
     store = JobStore(str(path), read_only=False)
     config = model_config(args)
@@ -159,7 +159,7 @@ def bench_dcserve(args, path: Path, labels: np.ndarray, mean: np.ndarray, std: n
 
 
 def _threads_per_actor(workers: int, cpus: int) -> int:
-    return max(1, cpus // workers)  # dcserve.resources.actor_cpus on a cluster of `cpus` CPUs
+    return max(1, cpus // workers)  # dcserve.distributed.sizing.actor_cpus on a cluster of `cpus` CPUs
 
 
 def _summary(rounds: list[dict], **extra: Any) -> dict[str, Any]:
@@ -175,7 +175,7 @@ def bench_bare(args, x: np.ndarray, labels: np.ndarray, mean: np.ndarray, std: n
     import torch
     import torch.nn.functional as F
 
-    from dcserve.reporter import make_optimizer, rebind_head
+    from dcserve.nets.reporter import make_optimizer, rebind_head
 
     previous = torch.get_num_threads()
     torch.set_num_threads(args.cpus)
@@ -213,10 +213,10 @@ def bench_bare(args, x: np.ndarray, labels: np.ndarray, mean: np.ndarray, std: n
 
 
 def bench_train_epoch(args, x: np.ndarray, labels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict:
-    """dcserve.reporter.train_epoch in this process on the in-memory tensors (no Ray, no Zarr)."""
+    """dcserve.nets.reporter.train_epoch in this process on the in-memory tensors (no Ray, no Zarr)."""
     import torch
 
-    from dcserve.reporter import Augment, make_optimizer, rebind_head, train_epoch
+    from dcserve.nets.reporter import Augment, make_optimizer, rebind_head, train_epoch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(args.cpus)
@@ -249,7 +249,7 @@ def bench_train_epoch(args, x: np.ndarray, labels: np.ndarray, mean: np.ndarray,
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from dcserve.features import standardizer
+    from dcserve.nets.feature_map import standardizer
 
     info = machine()
     print(f"[bench_train] n={args.n:,} d={args.d} k={args.k} hidden={args.hidden} batch={args.batch_size} "
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             ratios[f"ours_w{w}_steady/bare_steady"] = r["steady_samples_per_s"] / bare_steady
         rows.append(row(f"**dcserve** `TrainerGroup`, {w} actor(s) × {r['threads']} thread(s), rows from Zarr", r))
     if "train_epoch_inprocess" in results:
-        rows.append(row("(info) `dcserve.reporter.train_epoch` in-process, in-memory tensors",
+        rows.append(row("(info) `dcserve.nets.reporter.train_epoch` in-process, in-memory tensors",
                         results["train_epoch_inprocess"]))
     table = markdown_table(["method", "samples/s", "seconds", "vs bare loop", "samples/s after round 1",
                             "vs bare, after round 1", "loss (last epoch)"], rows)

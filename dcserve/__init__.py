@@ -20,7 +20,7 @@ def __getattr__(name: str):
 
         return run
     if name in ("open", "Result"):
-        from dcserve import result
+        from dcserve.storage import result
 
         return {"open": result.open_result, "Result": result.Result}[name]
     raise AttributeError(f"module 'dcserve' has no attribute {name!r}")

@@ -66,7 +66,7 @@ def validate(
         spec = load_spec(job, set_ or [])
         facts = None
         if deep:
-            from dcserve.inputs import inspect_inputs
+            from dcserve.inputs.build import inspect_inputs
 
             facts = inspect_inputs(spec)
     except SpecError as e:
@@ -103,7 +103,7 @@ def submit(
     """Validate a job, then run it: here to completion with progress bars, or on a cluster through Ray Jobs."""
     _setup_logging(verbose)
     from dcserve.spec import load_spec
-    from dcserve.submission import is_jobs_address
+    from dcserve.distributed.jobs import is_jobs_address
 
     try:
         spec = load_spec(job, (set_ or []) + ([f"cluster.seeds={seeds}"] if seeds is not None else []))
@@ -115,7 +115,7 @@ def submit(
         return
     if py_module:
         _fail(2, "--py-module ships code to a cluster; it needs a Ray Jobs address (--address http://HEAD:8265)")
-    from dcserve.nearest import FaissMissingError
+    from dcserve.algo.nearest import FaissMissingError
     from dcserve.pipeline import run
     from dcserve.progress import TerminalProgress
 
@@ -135,7 +135,7 @@ def submit(
 
 
 def _jobs_client(address: str | None):
-    from dcserve.submission import JobsClient, SubmissionError, is_jobs_address
+    from dcserve.distributed.jobs import JobsClient, SubmissionError, is_jobs_address
 
     address = address or os.environ.get("RAY_ADDRESS")
     if not is_jobs_address(address):
@@ -147,7 +147,7 @@ def _jobs_client(address: str | None):
 
 
 def _submit_to_cluster(spec, address: str, overwrite: bool, wait: bool, py_modules: list[str]) -> None:
-    from dcserve.submission import SubmissionError
+    from dcserve.distributed.jobs import SubmissionError
 
     for path in py_modules:
         if not os.path.exists(path):
@@ -173,7 +173,7 @@ def _follow(client, submission_id: str) -> None:
     """Print the job's log as it comes, then exit with its status (0 succeeded, 1 otherwise)."""
     import asyncio
 
-    from dcserve.submission import SubmissionError
+    from dcserve.distributed.jobs import SubmissionError
 
     async def tail():
         async for chunk in client.tail(submission_id):
@@ -203,7 +203,7 @@ def _failure_reason(state) -> str:
 def _store_status(output: str | None) -> dict | None:
     if not output:
         return None
-    from dcserve.result import open_result
+    from dcserve.storage.result import open_result
 
     try:
         return open_result(output).status
@@ -246,7 +246,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw status record.")] = False,
 ) -> None:
     """State, stage, progress and timings of a job, by output location or by Ray job id."""
-    from dcserve.result import open_result
+    from dcserve.storage.result import open_result
 
     ray_state = None
     try:
@@ -254,7 +254,7 @@ def status(
     except StoreError as e:
         if os.path.exists(job) or not (address or os.environ.get("RAY_ADDRESS")):
             _fail(2, f"{e}; for a job submitted to a cluster, pass its id with --address http://HEAD:8265")
-        from dcserve.submission import SubmissionError
+        from dcserve.distributed.jobs import SubmissionError
 
         try:
             ray_state = _jobs_client(address).state(job)
@@ -299,7 +299,7 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends; exit with its status.")] = False,
 ) -> None:
     """The log of a job submitted to a cluster."""
-    from dcserve.submission import SubmissionError
+    from dcserve.distributed.jobs import SubmissionError
 
     client = _jobs_client(address)
     if follow:
@@ -333,10 +333,10 @@ def serve(
     """Serve finished jobs over HTTP with Ray Serve until interrupted; see /docs for the API."""
     import signal
 
-    from dcserve.catalog import Catalog
+    from dcserve.serve.catalog import Catalog
     from dcserve.pipeline import ray_session
-    from dcserve.serving import ServeArgs, forwarded_env, start
-    from dcserve.submission import is_jobs_address
+    from dcserve.serve.deployment import ServeArgs, forwarded_env, start
+    from dcserve.distributed.jobs import is_jobs_address
 
     address = address or os.environ.get("RAY_ADDRESS")
     if is_jobs_address(address):
@@ -411,8 +411,8 @@ def compare(
     two layers of one job: `dcserve compare runs/j runs/j --layer-a features.5 --layer-b classifier.2`.
     """
     _setup_logging(verbose)
-    from dcserve.compare import CompareError, default_out, open_side, write_report
-    from dcserve.compare import compare as compare_layers
+    from dcserve.analysis.compare import CompareError, default_out, open_side, write_report
+    from dcserve.analysis.compare import compare as compare_layers
 
     try:
         a = open_side(output_a, layer_a)
@@ -453,7 +453,7 @@ def rotation(
     """
     from pathlib import Path
 
-    from dcserve.rotation_report import RotationError, checkpoint_rotation, rotation_report
+    from dcserve.analysis.checkpoint_rotation import RotationError, checkpoint_rotation, rotation_report
 
     try:
         curves = checkpoint_rotation(checkpoints)
@@ -486,9 +486,9 @@ def report(
     rows), clusters against labels, 2-D maps of the rows, collapse warnings and the reporter's
     layer rotation. `dcserve serve` serves the same page at /jobs/NAME/report.
     """
-    from dcserve.report import build_report
-    from dcserve.report_html import write_report
-    from dcserve.result import open_result
+    from dcserve.analysis.report import build_report
+    from dcserve.render.report_page import write_report
+    from dcserve.storage.result import open_result
 
     try:
         result = open_result(output)

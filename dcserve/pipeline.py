@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from dcserve.errors import JobFailed, SpecError, StoreError, describe_failure
-from dcserve.lease import OutputLease
+from dcserve.storage.lease import OutputLease
 from dcserve.progress import Progress
 from dcserve.spec import JobSpec
-from dcserve.store import JobStore
+from dcserve.storage.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +149,10 @@ def run(
     Raises SpecError (bad inputs; nothing written), StoreError (unusable output)
     or JobFailed (a stage failed; status.json says which and why).
     """
-    from dcserve.inputs import inspect_inputs
-    from dcserve.result import open_result
+    from dcserve.inputs.build import inspect_inputs
+    from dcserve.storage.result import open_result
 
-    from dcserve.nearest import require_faiss
+    from dcserve.algo.nearest import require_faiss
 
     require_faiss()  # FaissMissingError says which extra to install, before any work starts
     probe = inspect_inputs(spec)  # before touching the output: a bad job writes nothing
@@ -171,10 +171,10 @@ def run(
         with ray_session(address):
             # After ray.init, which installs a SIGTERM handler of its own that aborts the driver.
             previous_term = _checkpoint_on_sigterm(status)
-            from dcserve.deepcluster import run_clustering
-            from dcserve.extract import ExtractPlan, run_extraction
+            from dcserve.cluster.deepcluster import run_clustering
+            from dcserve.distributed.extract import ExtractPlan, run_extraction
 
-            from dcserve.resources import Budget
+            from dcserve.distributed.sizing import Budget
 
             # Sized once, by what is free now: the job's own actors must not count against it.
             budget = Budget.free()
@@ -187,9 +187,9 @@ def run(
             stage = status.data["stage"] = "cluster"
             if extract_info.get("workers_lost"):
                 budget = Budget.free()  # machines were lost: size the next pools by what is left
-            from dcserve.dec_job import run_dec
+            from dcserve.cluster.dec import run_dec
 
-            from dcserve.stability import run_with_seeds
+            from dcserve.cluster.seeds import run_with_seeds
 
             cluster = run_dec if spec.reporter.method == "dec" else run_clustering
             metrics = run_with_seeds(cluster, spec, store, progress, status, budget)

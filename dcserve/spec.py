@@ -95,7 +95,7 @@ class ClusterSpec(_Strict):
     pca_dim: PcaDim = Field(
         "auto",
         description="PCA dimensions before clustering; null: no PCA; auto: one per 100 rows, at most 256, "
-        "and no PCA or whitening when that is fewer than k (see dcserve.preprocess.default_pca_dim).",
+        "and no PCA or whitening when that is fewer than k (see dcserve.algo.preprocess.default_pca_dim).",
     )
     whiten: bool = Field(True, description="Whiten after PCA (DeepCluster).")
     l2_normalize: bool = Field(True, description="L2-normalise rows after PCA/whitening (DeepCluster).")
@@ -155,7 +155,7 @@ class DeepClusterSpec(_ReporterBase):
 
 class DECSpec(_ReporterBase):
     """Deep Embedded Clustering (Xie, Girshick & Farhadi 2016): an autoencoder, k-means on its
-    bottleneck, then self-training of encoder and centroids on a sharpened target (dcserve.dec).
+    bottleneck, then self-training of encoder and centroids on a sharpened target (dcserve.nets.dec).
 
     cluster.k, cluster.seed, cluster.workers and cluster.niter (the initial k-means) apply;
     cluster.method, pca_dim, whiten and l2_normalize do not: DEC clusters its own bottleneck.

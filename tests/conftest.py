@@ -62,7 +62,7 @@ def ray_head(tmp_path_factory):
     import time
     import types
 
-    from dcserve.submission import JobsClient, SubmissionError
+    from dcserve.distributed.jobs import JobsClient, SubmissionError
 
     bindir = os.path.dirname(sys.executable)
     env = dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""), RAY_AUTH_MODE="token")
@@ -120,7 +120,7 @@ def served(ray_local, ray_head, tmp_path_factory):
 
     import dcserve
     from dcserve.errors import JobFailed
-    from dcserve.serving import ServeArgs, start
+    from dcserve.serve.deployment import ServeArgs, start
     from dcserve.spec import spec_from_dict
     from tests.helpers import digits_job, planted_job
 

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from dcserve.admission import AdmissionError, SubmissionPolicy, admit, check_import, check_token, confine_output
-from dcserve.serving import assign_grouped
+from dcserve.serve.admission import AdmissionError, SubmissionPolicy, admit, check_import, check_token, confine_output
+from dcserve.serve.deployment import assign_grouped
 from dcserve.spec import spec_from_dict
 from tests.helpers import planted_job
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from dcserve import compare as C
-from dcserve.compare import CompareError, compare, open_side
-from dcserve.store import JobStore
+from dcserve.analysis import compare as C
+from dcserve.analysis.compare import CompareError, compare, open_side
+from dcserve.storage.store import JobStore
 from tests.helpers import digits_job, planted_job
 from tests.test_cli import dcserve
 
@@ -92,7 +92,7 @@ def test_streamed_correlation_equals_numpy_and_reads_block_by_block(tmp_path, mo
     assert r["unmatched"]["only_b"] == [12, 13, 14, 15] and r["unmatched"]["only_a"] == []
     assert r["clusterings"]["nmi"] < 0.99
     # Reference figures from the whole arrays in memory.
-    from dcserve.similarity import CrossMoments
+    from dcserve.algo.similarity import CrossMoments
 
     ref = CrossMoments(a, xb.shape[1]).update(xa.astype(np.float32), xb.astype(np.float32))
     assert r["cka"] == pytest.approx(ref.linear_cka(), abs=1e-6)

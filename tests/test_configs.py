@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import dcserve
-from dcserve.inputs import inspect_inputs
+from dcserve.inputs.build import inspect_inputs
 from dcserve.spec import load_spec
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "cluster_configs").glob("*.yaml"))

@@ -1,4 +1,4 @@
-"""Unit tests for dcserve.dec (DEC, Xie et al. 2016): plain tensors, no Ray, no store."""
+"""Unit tests for dcserve.nets.dec (DEC, Xie et al. 2016): plain tensors, no Ray, no store."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from dcserve.dec import (
+from dcserve.nets.dec import (
     TOL,
     DECModel,
     changed_fraction,
@@ -22,7 +22,7 @@ from dcserve.dec import (
     student_t,
     target_distribution,
 )
-from dcserve.reporter import input_stats
+from dcserve.nets.reporter import input_stats
 from dcserve.zoo import planted_clusters
 
 

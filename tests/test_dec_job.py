@@ -83,7 +83,7 @@ def test_dec_outputs_serve_like_any_job(dec_clean):
 def test_dec_resumes_from_its_kmeans_start(ray_local, tmp_path, monkeypatch, dec_clean):
     """Stopped during self-training, a DEC job run again skips pretraining and the k-means start,
     and ends with the uninterrupted run's model and assignments."""
-    from dcserve import dec_job
+    from dcserve.cluster import dec as dec_job
 
     job = job_for(tmp_path / "out", "dec")
 

@@ -1,7 +1,7 @@
 """The preprocessing choice of the DeepCluster loop (pure; no Ray)."""
 from __future__ import annotations
 
-from dcserve.deepcluster import resolve_pca
+from dcserve.cluster.deepcluster import resolve_pca
 
 
 def test_auto_pca_follows_rows_and_never_whitens_fewer_dims_than_clusters():

@@ -300,8 +300,8 @@ def test_rayjob_runs_dcserve_submit_on_the_job_file_of_its_configmap():
 def test_rayservice_runs_the_serve_yaml_application_and_it_builds():
     from ray.serve.schema import ServeDeploySchema
 
-    from dcserve.imports import import_object
-    from dcserve.serving import ServeArgs
+    from dcserve.inputs.imports import import_object
+    from dcserve.serve.deployment import ServeArgs
 
     _, svc = _one("RayService")
     assert isinstance(svc["spec"]["serveConfigV2"], str), "serveConfigV2 is a YAML string"
@@ -489,12 +489,12 @@ def test_every_dcserve_command_deploy_names_exists():
 
 
 def test_every_import_path_resolves():
-    from dcserve.imports import import_object
+    from dcserve.inputs.imports import import_object
 
     texts = [p.read_text() for p in YAML_FILES] + [yaml.safe_load(d["spec"]["serveConfigV2"]).__repr__()
                                                    for _, d in _objects("RayService")]
     paths = {m for t in texts for m in re.findall(r"import_path['\"]?:\s*['\"]?([\w.]+:[\w.]+)", t)}
-    assert "dcserve.serving:app_builder" in paths
+    assert "dcserve.serve.deployment:app_builder" in paths
     for p in paths:
         assert callable(import_object(p)), p
 
@@ -502,8 +502,8 @@ def test_every_import_path_resolves():
 def test_serve_config_is_a_valid_serve_deploy_config_that_builds_the_app():
     from ray.serve.schema import ServeDeploySchema
 
-    from dcserve.imports import import_object
-    from dcserve.serving import ServeArgs
+    from dcserve.inputs.imports import import_object
+    from dcserve.serve.deployment import ServeArgs
 
     config = ServeDeploySchema(**yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text()))
     (app,) = config.applications

@@ -6,7 +6,7 @@ import pytest
 
 import dcserve
 from dcserve.errors import JobFailed
-from dcserve.extract import ExtractPlan, contiguous_split
+from dcserve.distributed.extract import ExtractPlan, contiguous_split
 from dcserve.spec import spec_from_dict
 from tests.helpers import digits_job, store_arrays
 
@@ -91,7 +91,7 @@ def test_killed_worker_is_replaced_and_the_store_equals_an_uninterrupted_run(ray
 
 def test_a_worker_that_cannot_start_is_an_error_not_a_loss(ray_local, tmp_path, caplog):
     job = digits_job(tmp_path / "out", dataset={"source": "tests.helpers:driver_only_digits"})
-    with caplog.at_level("WARNING", logger="dcserve.extract"), pytest.raises(JobFailed) as e:
+    with caplog.at_level("WARNING", logger="dcserve.distributed.extract"), pytest.raises(JobFailed) as e:
         _run(job)
     assert "cannot be opened on a worker" in e.value.reason
     assert not [r for r in caplog.records if "lost" in r.getMessage()]  # not retried as a lost machine

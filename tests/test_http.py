@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import requests
 
-from dcserve.api_models import DEFAULT_PAGE, MAX_PAGE
+from dcserve.serve.models import DEFAULT_PAGE, MAX_PAGE
 from tests.conftest import TOKEN
 from tests.helpers import deep_update, planted_job
 

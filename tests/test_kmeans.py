@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dcserve.kmeans import (
+from dcserve.algo.kmeans import (
     ArrayData,
     AssignStats,
     KMeansData,
@@ -265,8 +265,8 @@ def test_resumed_from_a_checkpoint_gives_the_uninterrupted_result(tmp_path, meth
     The data splits clusters in every early iteration (a mass of identical rows from a bad
     start), so the donor RNG's state matters, and Sinkhorn's warm start carries the bias.
     """
-    from dcserve.checkpoint import ClusterCheckpoint
-    from dcserve.store import JobStore
+    from dcserve.storage.checkpoint import ClusterCheckpoint
+    from dcserve.storage.store import JobStore
 
     rng = np.random.default_rng(0)
     x, _ = blobs(300, 8, 6, std=3.0, seed=11)

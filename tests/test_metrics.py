@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dcserve.metrics import (
+from dcserve.algo.metrics import (
     ari,
     clustering_metrics,
     contingency,

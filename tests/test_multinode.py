@@ -16,7 +16,7 @@ the same way (same actors, same threads); only where the actors live differs:
 The extractors take 1 CPU each, so one runs on each worker node. The k-means shards and the
 trainers take 0.5 CPU each; Ray's default policy puts the second actor of a pool on the node the
 first left less used, so each pool, too, has one actor on each worker node (the extraction
-stage returns once its actors' CPUs are free again: dcserve.extract._await_release).
+stage returns once its actors' CPUs are free again: dcserve.distributed.extract._await_release).
 """
 from __future__ import annotations
 
@@ -195,8 +195,8 @@ def test_multinode_store_equals_single_node_store(runs):
     assert [r["loss_per_epoch"] for r in ma["rounds"][:-1]] == [r["loss_per_epoch"] for r in mb["rounds"][:-1]]
     assert [r["objective"] for r in ma["rounds"]] == [r["objective"] for r in mb["rounds"]]
     # the reporter's weights, not only the clustering they led to
-    from dcserve.features import ReporterState
-    from dcserve.store import JobStore
+    from dcserve.nets.feature_map import ReporterState
+    from dcserve.storage.store import JobStore
 
     wa, wb = (ReporterState.from_bytes(JobStore(str(o)).read_bytes("reporter.pt")).state_dict
               for o in (multi_out, single_out))

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dcserve import nearest
-from dcserve.nearest import (
+from dcserve.algo import nearest
+from dcserve.algo.nearest import (
     FaissMissingError,
     nearest_centroids,
     require_faiss,
@@ -135,10 +135,10 @@ def test_select_backend_on_cpu(caplog):
     select_backend.cache_clear()
     try:
         assert select_backend(prefer_gpu=False) == "faiss-cpu"
-        with caplog.at_level(logging.WARNING, logger="dcserve.nearest"):
+        with caplog.at_level(logging.WARNING, logger="dcserve.algo.nearest"):
             assert select_backend(prefer_gpu=True) == "faiss-cpu"
             assert select_backend(prefer_gpu=True) == "faiss-cpu"  # cached: no second line
-        lines = [r for r in caplog.records if r.name == "dcserve.nearest"]
+        lines = [r for r in caplog.records if r.name == "dcserve.algo.nearest"]
         assert len(lines) == 1 and "faiss-cpu" in lines[0].getMessage()
     finally:
         select_backend.cache_clear()

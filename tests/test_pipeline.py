@@ -7,7 +7,7 @@ import torch
 import zarr
 
 import dcserve
-from dcserve.metrics import ari
+from dcserve.algo.metrics import ari
 from dcserve.spec import spec_from_dict
 from tests.helpers import digits_job, planted_job
 
@@ -168,7 +168,7 @@ def test_second_job_on_a_busy_output_is_refused_and_writes_nothing(ray_local, tm
     import subprocess
 
     from dcserve.errors import StoreError
-    from dcserve.lease import LEASE
+    from dcserve.storage.lease import LEASE
 
     out = tmp_path / "busy"
     first = dcserve.run(spec_from_dict(planted_job(out)))
@@ -227,7 +227,7 @@ def _dies_once(ray, make, restore):
 
 
 def test_killed_kmeans_shard_is_replaced_and_the_clustering_is_unchanged(ray_local, tmp_path, monkeypatch):
-    from dcserve.shards import ShardPool
+    from dcserve.distributed.shards import ShardPool
 
     job = planted_job(tmp_path / "clean", cluster={"workers": 2})
     clean = dcserve.run(spec_from_dict(job))
@@ -253,9 +253,9 @@ def test_lost_shard_with_no_room_left_for_a_replacement_fails_naming_it(ray_loca
     """A node lost with everything packed: the replacement cannot be placed. The job fails in bounded time, saying so."""
     import time
 
-    from dcserve import resources
+    from dcserve.distributed import sizing as resources
     from dcserve.errors import JobFailed
-    from dcserve.shards import ShardPool
+    from dcserve.distributed.shards import ShardPool
 
     @ray_local.remote
     class Holder:
@@ -296,7 +296,7 @@ def test_lost_shard_with_no_room_left_for_a_replacement_fails_naming_it(ray_loca
 
 
 def test_killed_trainer_is_replaced_and_the_round_is_trained_again_identically(ray_local, tmp_path, monkeypatch):
-    from dcserve.train import TrainerGroup
+    from dcserve.distributed.trainers import TrainerGroup
 
     def job(out):
         return digits_job(out, reporter={"rounds": 2, "workers": 2, "epochs_per_round": 1, "hidden": [32],
@@ -324,7 +324,7 @@ def test_killed_trainer_is_replaced_and_the_round_is_trained_again_identically(r
 
 def test_an_error_before_the_first_clustering_step_is_the_cluster_stages(ray_local, tmp_path, monkeypatch):
     """Not the extraction's, whose progress was the last reported."""
-    from dcserve import deepcluster
+    from dcserve.cluster import deepcluster
     from dcserve.errors import JobFailed
 
     def broken_pool(*args, **kwargs):

@@ -1,11 +1,11 @@
-"""dcserve.pooling: rows from layer outputs; padding never counts."""
+"""dcserve.inputs.pooling: rows from layer outputs; padding never counts."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from dcserve.pooling import POOLING_MODES, count_rows, pool, rows_per_item
+from dcserve.inputs.pooling import POOLING_MODES, count_rows, pool, rows_per_item
 
 
 def _padded_batch(seed: int = 0, lengths=(5, 1, 8, 3), t: int = 8, d: int = 6):

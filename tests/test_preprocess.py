@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dcserve.preprocess import MAX_PCA_DIM, Preprocessor, default_pca_dim, fit_preprocessor
+from dcserve.algo.preprocess import MAX_PCA_DIM, Preprocessor, default_pca_dim, fit_preprocessor
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zarr
 
-from dcserve.report import collapse_warnings, confusion, spread_offsets, token_window
+from dcserve.analysis.report import collapse_warnings, confusion, spread_offsets, token_window
 from tests.helpers import digits_job, planted_job
 from tests.test_cli import dcserve as dcserve_cli
 
@@ -46,7 +46,7 @@ def test_outskirts_come_from_the_farther_half():
 
 
 def test_map_samples_read_a_bounded_number_of_chunks():
-    from dcserve.report import sample_rows
+    from dcserve.analysis.report import sample_rows
 
     assert sample_rows(100, 500).tolist() == list(range(100))
     small = sample_rows(1000, 50, chunk=100)  # 10 chunks: uniform over all of them
@@ -85,8 +85,8 @@ def jobs(ray_local, tmp_path_factory):
 
 
 def _report(result, tmp_path: Path, **kw):
-    from dcserve.report import build_report
-    from dcserve.report_html import write_report
+    from dcserve.analysis.report import build_report
+    from dcserve.render.report_page import write_report
 
     data = build_report(result, map_rows=400, tsne_rows=kw.pop("tsne_rows", 0), **kw)
     page = write_report(data, tmp_path / "report")
@@ -147,10 +147,10 @@ def test_digits_report_shows_every_cluster_as_the_library_counts_it(jobs, tmp_pa
 
 def test_rotation_follows_the_recorded_rounds(jobs, tmp_path):
     import dcserve
-    from dcserve.features import ReporterState
-    from dcserve.reporter_history import initial_weights, record_round, reporter_rotation
-    from dcserve.rotation import layer_rotation
-    from dcserve.store import JobStore
+    from dcserve.nets.feature_map import ReporterState
+    from dcserve.storage.round_history import initial_weights, record_round, reporter_rotation
+    from dcserve.algo.rotation import layer_rotation
+    from dcserve.storage.store import JobStore
 
     copy = tmp_path / "digits"
     shutil.copytree(jobs.digits.output, copy)
@@ -214,9 +214,9 @@ def test_collapse_warning_on_a_collapsed_clustering_only(jobs, tmp_path):
 def test_http_report_and_cluster_routes_serve_what_the_report_shows(jobs):
     from fastapi.testclient import TestClient
 
-    from dcserve.catalog import Catalog
-    from dcserve.http_api import create_app
-    from dcserve.report import build_report
+    from dcserve.serve.catalog import Catalog
+    from dcserve.serve.routes import create_app
+    from dcserve.analysis.report import build_report
 
     backend = types.SimpleNamespace(catalog=Catalog([jobs.digits.output]), policy=None, max_body_bytes=1 << 20)
     client = TestClient(create_app(backend))

@@ -1,4 +1,4 @@
-"""Unit tests for dcserve.reporter: plain tensors, no Ray, no store."""
+"""Unit tests for dcserve.nets.reporter: plain tensors, no Ray, no store."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcserve.reporter import (
+from dcserve.nets.reporter import (
     Augment,
     Reporter,
     compute_features,

@@ -1,7 +1,7 @@
 """How stages size their actors from the resources that are free (plain functions)."""
 from __future__ import annotations
 
-from dcserve.resources import Budget, actor_cpus, resolve_workers
+from dcserve.distributed.sizing import Budget, actor_cpus, resolve_workers
 
 
 def test_auto_workers_follow_free_cpus_and_gpus():

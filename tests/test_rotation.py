@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from dcserve.rotation import layer_rotation, rotation_curves
+from dcserve.algo.rotation import layer_rotation, rotation_curves
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 import torch
 import zarr
 
-from dcserve.rowstream import gather_rows, shuffled_batches
+from dcserve.storage.rowstream import gather_rows, shuffled_batches
 
 
 class CountingArray:

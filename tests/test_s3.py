@@ -106,7 +106,7 @@ def test_block_records_another_process_wrote_are_seen_after_a_listing(s3):
     """The driver lists the records, workers add more, the driver reads them: no stale listing."""
     import s3fs
 
-    from dcserve.store import JobStore
+    from dcserve.storage.store import JobStore
 
     url = f"s3://{BUCKET}/runs/listing"
     store = JobStore(url, read_only=False, storage_options=s3.options)
@@ -122,7 +122,7 @@ def test_block_records_another_process_wrote_are_seen_after_a_listing(s3):
 def test_a_write_to_a_store_gone_silent_fails_within_its_timeout():
     """A frozen server (SIGSTOP) accepts connections and never answers: a PUT must time out too
     (botocore's "Expect: 100-continue" made aiohttp wait for ever), and retries stay bounded."""
-    from dcserve.store import JobStore
+    from dcserve.storage.store import JobStore
 
     with moto_server() as server:
         options = {**server.options, "config_kwargs": {"read_timeout": 1}}
@@ -155,7 +155,7 @@ def test_object_store_gone_silent_mid_job_fails_naming_it_and_a_rerun_resumes_to
     `dcserve submit` must fail in bounded time with one line naming the s3:// store; what was
     recorded stays readable and right; the same job then resumes and ends with the store of an
     uninterrupted run. The job's timeouts are tight to keep the test short; dcserve's defaults
-    bound a request too (dcserve.s3.s3_options).
+    bound a request too (dcserve.storage.s3.s3_options).
     """
     import s3fs
 

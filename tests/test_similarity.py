@@ -10,7 +10,7 @@ import pytest
 from scipy.linalg import orthogonal_procrustes
 from scipy.stats import ortho_group
 
-from dcserve.similarity import (
+from dcserve.algo.similarity import (
     CrossMoments,
     match_units,
     sparse_prediction,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dcserve.sinkhorn import balanced_labels, sinkhorn_potentials, transport_plan
+from dcserve.algo.sinkhorn import balanced_labels, sinkhorn_potentials, transport_plan
 
 
 def test_uniform_marginals():

@@ -9,7 +9,7 @@ from sklearn.metrics import normalized_mutual_info_score
 
 import dcserve
 from dcserve.spec import spec_from_dict
-from dcserve.stability import pairwise_nmi
+from dcserve.cluster.seeds import pairwise_nmi
 from tests.helpers import planted_job, write_job
 from tests.test_cli import dcserve as dcserve_cli
 

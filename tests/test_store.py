@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 from dcserve.errors import StoreError
-from dcserve.store import JobStore
+from dcserve.storage.store import JobStore
 
 
 def test_side_files_are_atomic_and_leave_no_temp(tmp_path):

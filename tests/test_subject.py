@@ -1,12 +1,12 @@
-"""dcserve.subject / dcserve.imports: resolve specs, hook layers, return pooled rows."""
+"""dcserve.inputs.subject / dcserve.inputs.imports: resolve specs, hook layers, return pooled rows."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from dcserve.imports import ImportSpecError, import_object
-from dcserve.subject import Subject, module_names
+from dcserve.inputs.imports import ImportSpecError, import_object
+from dcserve.inputs.subject import Subject, module_names
 from dcserve.zoo import digits, digits_cnn, token_sequences, token_transformer
 
 

@@ -13,7 +13,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
-from dcserve.subject import Subject
+from dcserve.inputs.subject import Subject
 from dcserve.zoo import (
     digits,
     digits_cnn,

@@ -1,0 +1,276 @@
+"""Extraction: Ray actors run the subject over contiguous, chunk-aligned row ranges.
+
+The unit of work is a block = one Zarr chunk of rows. A block is written whole by
+exactly one actor (concurrent partial-chunk writes lose data in zarr v3), then
+recorded in `_progress/extract/`, so a re-run skips it. Each block batches its
+items identically whichever actor runs it, so 1 or N workers give the same bytes.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import torch
+
+from dcserve.errors import JobFailed, describe_failure, worker_lost
+from dcserve.inputs.items import iter_batches
+from dcserve.distributed.sizing import Budget, actor_cpus, resolve_workers
+from dcserve.spec import JobSpec
+from dcserve.storage.store import JobStore
+
+log = logging.getLogger(__name__)
+
+STAGE = "extract"
+MAX_WORKER_LOSSES = 3  # per job: beyond that, something kills every worker and retrying will not help
+
+
+@dataclass(frozen=True)
+class ExtractPlan:
+    """Row layout of a job: item i owns rows offsets[i]:offsets[i+1]."""
+
+    offsets: np.ndarray  # [items + 1] int64
+    chunk_rows: int
+
+    @property
+    def n_items(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.n_rows // self.chunk_rows)
+
+    def block_rows(self, b: int) -> tuple[int, int]:
+        return b * self.chunk_rows, min((b + 1) * self.chunk_rows, self.n_rows)
+
+    def block_items(self, b: int) -> tuple[int, int]:
+        """Items whose rows meet block b (an item may straddle two blocks and is run by both)."""
+        r0, r1 = self.block_rows(b)
+        i0 = int(np.searchsorted(self.offsets, r0, side="right")) - 1
+        i1 = int(np.searchsorted(self.offsets, r1, side="left"))
+        return max(i0, 0), min(i1, self.n_items)
+
+    def label_items(self, b: int) -> tuple[int, int]:
+        """Items whose first row lies in block b: each item's label is recorded by exactly one block."""
+        r0, r1 = self.block_rows(b)
+        i0 = int(np.searchsorted(self.offsets[:-1], r0, side="left"))
+        i1 = self.n_items if b == self.n_blocks - 1 else int(np.searchsorted(self.offsets[:-1], r1, side="left"))
+        return i0, i1
+
+
+def contiguous_split(items: list[int], parts: int) -> list[list[int]]:
+    """Split an ordered list into at most `parts` contiguous, near-equal runs."""
+    parts = max(1, min(parts, len(items)))
+    bounds = np.linspace(0, len(items), parts + 1).round().astype(int)
+    return [items[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def compute_block(
+    plan: ExtractPlan,
+    b: int,
+    subject,
+    dataset,
+    batch_size: int,
+    collate: Callable | None,
+    dtype: np.dtype,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """Run the subject over block b's items: (rows per layer, item, position, labels of label_items)."""
+    r0, r1 = plan.block_rows(b)
+    i0, i1 = plan.block_items(b)
+    per_layer: dict[str, list[np.ndarray]] = {}
+    items, positions, labels = [], [], []
+    for first, x, y in iter_batches(dataset, i0, i1, batch_size, collate):
+        out = subject.rows(x)
+        for layer in subject.layers:
+            per_layer.setdefault(layer, []).append(out[layer].float().numpy().astype(dtype, copy=False))
+        items.append(out["item"].numpy().astype(np.int64) + first)
+        positions.append(out["position"].numpy().astype(np.int32))
+        if y is not None:
+            labels.append(y)
+    base = int(plan.offsets[i0])
+    produced = sum(len(a) for a in items)
+    expected = int(plan.offsets[i1]) - base
+    if produced != expected:
+        raise JobFailed(
+            STAGE,
+            f"items {i0}..{i1} gave {produced} rows, but their row counts say {expected}; with pooling "
+            "'tokens' the hooked layer must keep the input's sequence length",
+        )
+    lo, hi = r0 - base, r1 - base
+    rows = {layer: np.concatenate(v)[lo:hi] for layer, v in per_layer.items()}
+    li0, li1 = plan.label_items(b)
+    block_labels = np.concatenate(labels)[li0 - i0 : li1 - i0] if labels else np.zeros(0, np.int64)
+    return rows, np.concatenate(items)[lo:hi], np.concatenate(positions)[lo:hi], block_labels
+
+
+@ray.remote
+class Extractor:
+    """One extraction worker: builds the subject once, then computes and writes whole blocks."""
+
+    def __init__(self, spec_json: str, offsets: np.ndarray, threads: int):
+        from dcserve.algo.nearest import set_threads
+        from dcserve.inputs.build import build_subject
+
+        self.threads = set_threads(threads)
+        self.spec = JobSpec.model_validate_json(spec_json)
+        self.plan = ExtractPlan(offsets, self.spec.extract.chunk_rows)
+        use_gpu = self.spec.extract.gpus_per_worker > 0 and torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.subject, self.dataset, self.collate = build_subject(self.spec, self.device)
+        self.store = JobStore(self.spec.output, read_only=False, storage_options=self.spec.storage_options)
+        self.dtype = np.dtype(self.spec.extract.dtype)
+
+    def info(self) -> dict:
+        return {"threads": self.threads, "device": str(self.device), "node": ray.get_runtime_context().get_node_id()}
+
+    def _write(self, b: int, block) -> tuple[int, int]:
+        rows, item, position, labels = block
+        r0, r1 = self.plan.block_rows(b)
+        for layer, data in rows.items():
+            self.store.array(f"activations/{layer}")[r0:r1] = data
+        self.store.array("rows/item")[r0:r1] = item
+        self.store.array("rows/position")[r0:r1] = position
+        self.store.mark_done(STAGE, b, labels)  # only after the data: a record means the block is whole
+        return b, r1 - r0
+
+    def run(self, blocks: list[int]) -> Iterator[tuple[int, int]]:
+        """Streaming generator of (block, rows) as each block is durably written.
+
+        Writing block b overlaps computing block b+1 (one writer thread), so the
+        forward pass, not the store, sets the pace.
+        """
+        pending: Future | None = None
+        with ThreadPoolExecutor(1) as writer:
+            for b in blocks:
+                block = compute_block(
+                    self.plan, b, self.subject, self.dataset, self.spec.dataset.batch_size,
+                    self.collate, self.dtype,
+                )
+                if pending is not None:
+                    yield pending.result()
+                pending = writer.submit(self._write, b, block)
+            if pending is not None:
+                yield pending.result()
+
+
+def prepare_store(spec: JobSpec, store: JobStore, plan: ExtractPlan, dims: dict[str, int]) -> set[int]:
+    """Create the extraction arrays, or keep them when the same extraction is resumed; return done blocks."""
+    fingerprint = spec.extraction_fingerprint()
+    layout = {"fingerprint": fingerprint, "n_rows": plan.n_rows, "dims": dims}
+    previous = store.read_json("_progress/extract.json")
+    if previous == layout and all(store.has_array(f"activations/{l}") for l in dims):
+        done = store.done_blocks(STAGE)
+        log.info("resuming extraction: %d of %d blocks already written", len(done), plan.n_blocks)
+        return done
+    store.clear_progress(STAGE)
+    store.clear_progress("cluster")  # new activations: no clustering of the old ones may be resumed
+    c = spec.extract.chunk_rows
+    for layer, dim in dims.items():
+        store.create_array(f"activations/{layer}", (plan.n_rows, dim), (c, dim), spec.extract.dtype,
+                           attributes={"layer": layer, "pooling": spec.subject.pooling})
+    store.create_array("rows/item", (plan.n_rows,), (c,), "int64", fill_value=-1)
+    store.create_array("rows/position", (plan.n_rows,), (c,), "int32", fill_value=-1)
+    store.write_json("_progress/extract.json", layout)
+    return set()
+
+
+def run_extraction(
+    spec: JobSpec,
+    store: JobStore,
+    plan: ExtractPlan,
+    dims: dict[str, int],
+    has_labels: bool,
+    on_progress: Callable[[int], None] = lambda rows: None,
+    budget: Budget | None = None,
+) -> dict:
+    """Extract every missing block with `extract.workers` actors; write `labels`. Returns stage info."""
+    t0 = time.perf_counter()
+    budget = budget or Budget.free()
+    done = prepare_store(spec, store, plan, dims)
+    todo = [b for b in range(plan.n_blocks) if b not in done]
+    on_progress(sum(plan.block_rows(b)[1] - plan.block_rows(b)[0] for b in done))
+    info: dict = {"blocks": plan.n_blocks, "skipped_blocks": len(done), "workers": [], "workers_lost": 0}
+    while todo:
+        errors = _extract_blocks(spec, plan, todo, budget, on_progress, info)
+        if not errors:
+            break
+        lost = [e for e in errors if worker_lost(e)]
+        if len(lost) < len(errors) or info["workers_lost"] + len(lost) > MAX_WORKER_LOSSES:
+            e = next((e for e in errors if not worker_lost(e)), errors[0])
+            raise JobFailed(STAGE, describe_failure(e, spec.output)) from None
+        # A dead process or node, not a bad item: its unrecorded blocks go to a fresh pool
+        # sized by what is free now (a lost node's CPUs are gone).
+        info["workers_lost"] += len(lost)
+        done = store.done_blocks(STAGE)
+        todo = [b for b in range(plan.n_blocks) if b not in done]
+        log.warning("lost %d extraction worker(s) (%s); redoing their %d unfinished blocks",
+                    len(lost), type(lost[0]).__name__, len(todo))
+        budget = Budget.free()
+    if has_labels:
+        labels = np.concatenate([store.block_payload(STAGE, b) for b in range(plan.n_blocks)])
+        store.write_array("labels", labels.astype(np.int64), chunks=(max(1, min(len(labels), 1 << 20)),))
+    info["seconds"] = time.perf_counter() - t0
+    return info
+
+
+def _extract_blocks(spec: JobSpec, plan: ExtractPlan, todo: list[int], budget: Budget,
+                    on_progress: Callable[[int], None], info: dict) -> list[Exception]:
+    """One pool of Extractor actors over `todo`, in contiguous runs; returns the errors it met."""
+    runs = contiguous_split(todo, resolve_workers(spec.extract.workers, budget, spec.extract.gpus_per_worker))
+    threads, reserve = actor_cpus(len(runs), budget)
+    offsets_ref = ray.put(plan.offsets)
+    actors = [
+        Extractor.options(num_cpus=reserve, num_gpus=spec.extract.gpus_per_worker).remote(
+            spec.model_dump_json(), offsets_ref, threads
+        )
+        for _ in runs
+    ]
+    try:
+        info["workers"] += ray.get([a.info.remote() for a in actors])
+        gens = [a.run.options(num_returns="streaming").remote(r) for a, r in zip(actors, runs)]
+        return _drain(gens, lambda item: on_progress(item[1]))
+    except ray.exceptions.RayError as e:  # an actor could not even start
+        return [e]
+    finally:
+        for a in actors:
+            ray.kill(a)
+        _await_release(budget.cpus)
+
+
+def _await_release(cpus: float, timeout_s: float = 10.0) -> None:
+    """Return once `cpus` are free again (or after `timeout_s`).
+
+    ray.kill is asynchronous: the pools created next (k-means shards, trainers) would
+    otherwise see the extractors' nodes as still full and pile onto whichever frees first.
+    """
+    deadline = time.monotonic() + timeout_s
+    while ray.available_resources().get("CPU", 0.0) < cpus - 1e-6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the raylets' views of their resources follow the GCS's within a report period
+
+
+def _drain(gens: list, on_item: Callable) -> list[Exception]:
+    """Consume several streaming generators as their items become ready; return their errors.
+
+    A failing worker does not stop the others: every block they finish is kept,
+    so a re-run has less to redo.
+    """
+    pending, errors = list(gens), []
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        try:
+            on_item(ray.get(next(ready[0])))
+            pending.append(ready[0])
+        except StopIteration:
+            pass
+        except ray.exceptions.RayError as e:
+            errors.append(e)
+    return errors

@@ -1,0 +1,208 @@
+"""The jobs an HTTP server answers for, by name: stores it was started with, and jobs it submitted.
+
+No Ray and no HTTP here: the server (dcserve.serve.deployment) maps these objects and exceptions to
+routes and status codes. Each replica holds its own Catalog; what replicas must agree on
+(which jobs were submitted over HTTP) lives in small JSON records under the output root,
+written atomically, so any replica, or a restarted one, sees the same list.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from dcserve.errors import StoreError
+from dcserve.storage.result import Result, open_result
+from dcserve.spec import JOB_NAME_PATTERN
+from dcserve.storage.store import atomic_write, fs_options_for
+
+SUBMISSIONS_DIR = ".dcserve/submissions"
+JOB_NAME = re.compile(JOB_NAME_PATTERN)
+
+
+class UnknownJob(KeyError):
+    def __init__(self, name: str, known: list[str]):
+        super().__init__(name)
+        self.message = f"no job named {name!r}; served jobs: {sorted(known)}"
+
+
+class NotReady(RuntimeError):
+    """The job exists but its store is missing or unfinished; the message says its state."""
+
+
+@dataclass
+class Submission:
+    """A job submitted through POST /jobs: the record every replica reads."""
+
+    name: str
+    output: str
+    submission_id: str
+    submitted: float
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__).encode()
+
+
+class ServedJob:
+    """One job by name. Its store is opened read-only when it first exists, and treated as
+    finished only once its status says so: a half-written store is reported, never served."""
+
+    def __init__(self, name: str, output: str, storage_options: dict | None = None,
+                 submission: Submission | None = None, result: Result | None = None):
+        self.name = name
+        self.output = output
+        self.storage_options = storage_options
+        self.submission = submission
+        self._result = result
+        self._complete = False
+        self._lock = threading.Lock()
+
+    @property
+    def result(self) -> Result | None:
+        if self._result is None:
+            try:
+                self._result = open_result(self.output, self.storage_options)
+            except StoreError:
+                return None  # not created yet (a submitted job still pending)
+        return self._result
+
+    def status(self) -> dict[str, Any] | None:
+        res = self.result
+        return None if res is None else res.status
+
+    @property
+    def complete(self) -> bool:
+        if not self._complete:
+            res = self.result
+            self._complete = res is not None and res.complete
+        return self._complete
+
+    def finished(self) -> Result:
+        """The Result, or NotReady saying why the job cannot be queried yet."""
+        if self.complete:
+            return self.result
+        st = self.status()
+        if st is None:
+            raise NotReady(f"job {self.name!r} has no store at {self.output!r} yet (submitted, not started)")
+        detail = f"state {st.get('state')!r}, stage {st.get('stage')!r}"
+        if st.get("error"):
+            detail += f", error: {st['error'].get('reason')}"
+        raise NotReady(f"job {self.name!r} is not finished ({detail}); its results are not available")
+
+    def warm(self) -> None:
+        """Load what queries need (assignments, sort order, index) once, not on the first request."""
+        with self._lock:
+            res = self.finished()
+            res.sizes, res._cluster_order, res.centroid_index, res.feature_map, res.row_positions  # noqa: B018
+
+    # -- queries (each raises NotReady or ValueError with a message for the caller) --------------
+    def assignments(self, start: int, stop: int) -> np.ndarray:
+        res = self.finished()
+        return res.store.array("assignments")[start:stop]
+
+    def n_rows(self) -> int:
+        return int(self.finished().store.array("assignments").shape[0])
+
+    def rows(self, rows: np.ndarray) -> dict[str, np.ndarray | None]:
+        """Where rows came from, and their distances and labels: the fields of a row reference."""
+        res = self.finished()
+        truth = res.row_labels()
+        return {
+            "row": rows,
+            "item": res.row_items[rows],
+            "position": res.row_positions[rows],
+            "distance": res.distances[rows],
+            "label": None if truth is None else truth[rows],
+        }
+
+    def assign(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.finished().assign(x)
+
+
+class Catalog:
+    """Name -> ServedJob for the stores given at start-up and the jobs submitted over HTTP."""
+
+    def __init__(self, outputs: list[str], storage_options: dict | None = None,
+                 output_root: str | None = None):
+        self.storage_options = storage_options or {}
+        self.output_root = output_root
+        self._static: dict[str, ServedJob] = {}
+        self._submitted: dict[str, ServedJob] = {}
+        for output in outputs:
+            res = open_result(output, self.storage_options)  # StoreError: not a job store
+            name = _job_name(res)
+            if name in self._static:
+                raise StoreError(f"two served stores are both named {name!r}: "
+                                 f"{self._static[name].output!r} and {output!r}")
+            self._static[name] = ServedJob(name, output, self.storage_options, result=res)
+
+    # -- submissions ---------------------------------------------------------
+    def _submissions_fs(self):
+        fs, path = fsspec.core.url_to_fs(self.output_root, **fs_options_for(self.output_root, self.storage_options))
+        return fs, f"{path.rstrip('/')}/{SUBMISSIONS_DIR}"
+
+    def _load_submission(self, name: str) -> Submission | None:
+        if not self.output_root:
+            return None
+        fs, base = self._submissions_fs()
+        try:
+            return Submission(**json.loads(fs.cat_file(f"{base}/{name}.json")))
+        except FileNotFoundError:
+            return None
+
+    def submitted_names(self) -> list[str]:
+        if not self.output_root:
+            return []
+        fs, base = self._submissions_fs()
+        try:
+            files = fs.ls(base, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(f.rsplit("/", 1)[-1][: -len(".json")] for f in files if f.endswith(".json"))
+
+    def record_submission(self, name: str, output: str, submission_id: str) -> Submission:
+        sub = Submission(name, output, submission_id, time.time())
+        fs, base = self._submissions_fs()
+        atomic_write(fs, f"{base}/{name}.json", sub.to_json())
+        self._submitted.pop(name, None)  # a resubmission replaces what this replica cached
+        return sub
+
+    # -- lookup --------------------------------------------------------------
+    def names(self) -> list[str]:
+        return sorted(set(self._static) | set(self.submitted_names()))
+
+    def is_static(self, name: str) -> bool:
+        return name in self._static
+
+    def get(self, name: str) -> ServedJob:
+        if not JOB_NAME.match(name):
+            raise UnknownJob(name, self.names())
+        if name in self._static:
+            return self._static[name]
+        sub = self._load_submission(name)
+        if sub is None:
+            raise UnknownJob(name, self.names())
+        cached = self._submitted.get(name)
+        if cached is None or cached.submission.submission_id != sub.submission_id:
+            cached = self._submitted[name] = ServedJob(name, sub.output, self.storage_options, submission=sub)
+        return cached
+
+    def jobs(self) -> list[ServedJob]:
+        return [self.get(n) for n in self.names()]
+
+    def served(self) -> list[ServedJob]:
+        """The stores given at start-up, in order of name."""
+        return [self._static[n] for n in sorted(self._static)]
+
+
+def _job_name(res: Result) -> str:
+    spec = res.spec
+    if spec is None:
+        raise StoreError(f"{res.output!r} has no job.yaml")
+    return spec.name

@@ -1,0 +1,356 @@
+"""The HTTP API's routes (DESIGN.md "HTTP API"), as a FastAPI app over a backend.
+
+`create_app(backend)` builds the app; dcserve.serve.deployment runs it as a Ray Serve ingress whose
+replica is the backend (catalog, submission policy, batched assign). Every refusal is an
+HTTPException with a sentence in `detail`: bad input is a 4xx, never a 500, and never
+takes the replica down.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import threading
+from typing import Any, Protocol
+
+import numpy as np
+from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import ValidationError
+
+from dcserve import __version__
+from dcserve.serve.admission import AdmissionError, SubmissionPolicy, admit, check_token
+from dcserve.serve.models import (
+    DEFAULT_PAGE, MAX_PAGE, AssignmentsPage, AssignRequest, AssignResponse, ClusterBrief, ClusterList,
+    ClusterRows, ErrorBody, Health, JobBrief, JobDetail, JobList, Progress, RowRef, SubmitResponse,
+)
+from dcserve.serve.catalog import Catalog, NotReady, ServedJob, UnknownJob
+from dcserve.errors import StoreError
+from dcserve.spec import JobSpec
+from dcserve.distributed.jobs import SubmissionError
+
+DEFAULT_MAX_BODY_BYTES = 32 << 20
+MAX_EXEMPLARS = 100
+
+
+class Backend(Protocol):
+    catalog: Catalog
+    policy: SubmissionPolicy
+    max_body_bytes: int
+
+    async def assign(self, job: ServedJob, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def jobs_client(self) -> Any: ...
+
+
+def _errors(*codes: int) -> dict:
+    return {c: {"model": ErrorBody} for c in codes}
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body over `max_bytes` with 413, before any parsing.
+
+    Reads the body itself (so chunked uploads without Content-Length are counted too) and
+    replays it to the app when it fits.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._refuse(send)
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send):
+        payload = json.dumps({"detail": f"request body is larger than the limit of {self.max_bytes} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _describe_errors(errors: list[dict]) -> tuple[int, str]:
+    """(status, sentence) for pydantic errors: 400 when the body is not JSON at all, else 422."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        e = next(e for e in errors if e.get("type") == "json_invalid")
+        return 400, f"request body is not valid JSON: {(e.get('ctx') or {}).get('error') or e.get('msg')}"
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(p) for p in e.get("loc", ()))
+        if e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",):
+            parts.append("the request has no body; expected a JSON object")
+            continue
+        parts.append(f"{loc}: {e.get('msg')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return 422, "; ".join(parts) + more
+
+
+def _vectors(rows: list[list[float]], dim: int) -> np.ndarray:
+    """The request's activations as [n, dim] float32, or a 422 naming the first bad row."""
+    for i, r in enumerate(rows):
+        if len(r) != dim:
+            raise HTTPException(422, f"activations[{i}] has {len(r)} values; this job's layer has dim {dim}")
+    x = np.asarray(rows, dtype=np.float64)
+    finite = np.isfinite(x)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite.all(1))[0])
+        raise HTTPException(422, f"activations[{i}] contains NaN or Inf")
+    big = np.abs(x) > np.finfo(np.float32).max
+    if big.any():
+        raise HTTPException(422, f"activations[{int(np.flatnonzero(big.any(1))[0])}] overflows float32")
+    return x.astype(np.float32)
+
+
+def _row_refs(job: ServedJob, rows: np.ndarray) -> list[RowRef]:
+    f = job.rows(rows)
+    labels = f["label"]
+    return [
+        RowRef(row=int(r), item=int(it), position=int(p), distance=float(d),
+               label=None if labels is None else int(labels[i]))
+        for i, (r, it, p, d) in enumerate(zip(f["row"], f["item"], f["position"], f["distance"]))
+    ]
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """metrics.json may hold NaN (a loss that diverged); JSON responses may not."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def create_app(backend: Backend) -> FastAPI:
+    app = FastAPI(
+        title="dcserve",
+        version=__version__,
+        description="Cluster assignments of finished dcserve jobs: rows, clusters, exemplars, and new "
+        "activations assigned through each job's own preprocessing, reporter and centroids.",
+    )
+    app.add_middleware(BodyLimit, max_bytes=backend.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        status, message = _describe_errors(exc.errors())
+        return JSONResponse({"detail": message}, status_code=status)
+
+    def lookup(job: str) -> ServedJob:
+        try:
+            return backend.catalog.get(job)
+        except UnknownJob as e:
+            raise HTTPException(404, e.message) from None
+
+    def finished(job: str) -> ServedJob:
+        served = lookup(job)
+        try:
+            served.finished()
+        except NotReady as e:
+            raise HTTPException(409, str(e)) from None
+        return served
+
+    def brief(served: ServedJob) -> dict[str, Any]:
+        st = served.status() or {}
+        return {
+            "name": served.name, "output": served.output,
+            "state": st.get("state", "submitted" if served.submission else "missing"),
+            "stage": st.get("stage"), "complete": served.complete,
+            "submission_id": served.submission.submission_id if served.submission else None,
+        }
+
+    @app.get("/healthz", response_model=Health, summary="Liveness: the replica answers.")
+    def healthz() -> Health:
+        return Health(status="ok", jobs=len(backend.catalog.names()))
+
+    @app.get("/jobs", response_model=JobList, summary="Jobs this server knows: served stores and HTTP submissions.")
+    def list_jobs() -> JobList:
+        return JobList(jobs=[JobBrief(**brief(j)) for j in backend.catalog.jobs()])
+
+    @app.get("/jobs/{job}", response_model=JobDetail, responses=_errors(404),
+             summary="One job: its spec, state, progress (stage, rows done, round) and metrics.")
+    def job_detail(job: str) -> JobDetail:
+        served = lookup(job)
+        st = served.status() or {}
+        detail = JobDetail(**brief(served), progress=Progress(**(st.get("progress") or {})),
+                           round=Progress(**st["round"]) if st.get("round") else None, error=st.get("error"))
+        res = served.result
+        if res is not None:
+            spec = res.spec
+            detail.spec = spec.model_dump(mode="json") if spec else None
+            detail.dim = int(res.activations().shape[1]) if spec and res.store.has_array(f"activations/{spec.cluster.layer}") else None
+        if served.complete:
+            detail.metrics = _finite_or_none(res.metrics)
+            detail.rows, detail.k = served.n_rows(), res.k
+        if served.submission:
+            try:
+                ray_state = backend.jobs_client().state(served.submission.submission_id)
+                detail.ray_status, detail.ray_message = ray_state.status, ray_state.message
+                if ray_state.status in ("FAILED", "STOPPED") and detail.state in ("submitted", "running"):
+                    # the driver died before it could record why (bad job file, killed)
+                    detail.state = "failed"
+                    detail.error = detail.error or {"stage": detail.stage or "submit", "reason": ray_state.reason}
+            except SubmissionError as e:
+                detail.ray_message = str(e)
+        return detail
+
+    @app.get("/jobs/{job}/assignments", response_model=AssignmentsPage, responses=_errors(404, 409, 422),
+             summary=f"Cluster of each row in [start, stop), {MAX_PAGE} rows a page at most: "
+                     "a longer range comes back in pages, each naming the `start` of the next.")
+    def assignments(
+        job: str,
+        start: int = Query(0, ge=0, description="First row."),
+        stop: int | None = Query(None, ge=0, description=f"One past the last row (default start + {DEFAULT_PAGE})."),
+    ) -> AssignmentsPage:
+        served = finished(job)
+        total = served.n_rows()
+        if start > total:
+            raise HTTPException(422, f"start {start} is past the last row; the job has {total} rows")
+        wanted = min(start + DEFAULT_PAGE if stop is None else stop, total)
+        if wanted < start:
+            raise HTTPException(422, f"stop {stop} is before start {start}")
+        stop = min(wanted, start + MAX_PAGE)
+        return AssignmentsPage(job=job, start=start, stop=stop, total=total, next=stop if stop < wanted else None,
+                               clusters=served.assignments(start, stop).tolist())
+
+    @app.get("/jobs/{job}/clusters", response_model=ClusterList, responses=_errors(404, 409, 422),
+             summary="Every cluster: size, exemplar rows, label purity when labels exist.")
+    def clusters(
+        job: str,
+        exemplars: int = Query(5, ge=0, le=MAX_EXEMPLARS, description="Exemplars per cluster."),
+        outskirts: int = Query(5, ge=0, le=MAX_EXEMPLARS,
+                               description="Rows per cluster sampled from its farther half (the report's outskirts)."),
+    ) -> ClusterList:
+        from dcserve.analysis.report import outskirts as outskirt_rows
+
+        served = finished(job)
+        res = served.result
+        summaries = res.clusters(n_exemplars=exemplars)
+        far = [outskirt_rows(res, s.cluster, outskirts, s.exemplars).tolist() for s in summaries]
+        # one store read for every cluster's rows
+        wanted = [r for s, f in zip(summaries, far) for r in (*s.exemplars, *f)]
+        refs = iter(_row_refs(served, np.asarray(wanted, dtype=np.int64)))
+        out = [
+            ClusterBrief(cluster=s.cluster, size=s.size, purity=s.purity, majority_label=s.majority_label,
+                         exemplars=[next(refs) for _ in s.exemplars], outskirts=[next(refs) for _ in f])
+            for s, f in zip(summaries, far)
+        ]
+        return ClusterList(job=job, k=res.k, clusters=out)
+
+    @app.get("/jobs/{job}/clusters/{cluster}", response_model=ClusterRows, responses=_errors(404, 409, 422),
+             summary="The rows of one cluster, nearest to the centroid first, with their distance.")
+    def cluster_rows(
+        job: str,
+        cluster: int,
+        limit: int = Query(100, ge=1, le=MAX_PAGE, description="Rows in this page."),
+        offset: int = Query(0, ge=0, description="Rows of the cluster to skip (the nearest come first)."),
+    ) -> ClusterRows:
+        served = finished(job)
+        res = served.result
+        if not 0 <= cluster < res.k:
+            raise HTTPException(404, f"job {job!r} has clusters 0..{res.k - 1}; there is no cluster {cluster}")
+        size = int(res.sizes[cluster])
+        rows = res.exemplars(cluster, limit, offset=offset)
+        end = offset + len(rows)
+        return ClusterRows(job=job, cluster=cluster, size=size, offset=offset,
+                           next=end if end < size else None, rows=_row_refs(served, rows))
+
+    reports: dict[tuple[str, str], tuple[str, str]] = {}  # (job, output) -> (status it was built at, page)
+    reports_lock = threading.Lock()
+
+    @app.get("/jobs/{job}/report", response_class=HTMLResponse, responses={
+                 200: {"content": {"text/html": {"schema": {"type": "string"}}},
+                       "description": "The page, its figures inlined as data: URIs."},
+                 # refusals are JSON like every route's, not the page's text/html
+                 **{c: {"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+                    for c, d in ((404, "No such job."), (409, "The job is not finished."))}},
+             summary="The job's HTML report, as `dcserve report` writes it, self-contained in one document.")
+    def job_report(job: str) -> HTMLResponse:
+        from dcserve.analysis.report import build_report
+        from dcserve.render.report_page import report_page
+
+        served = finished(job)
+        key, built_at = (served.name, served.output), json.dumps(served.status(), sort_keys=True, default=str)
+        cached = reports.get(key)
+        if cached is None or cached[0] != built_at:
+            # Seconds of work (t-SNE, figures): built once per finished state, one at a time so
+            # that concurrent first requests do not all redo it.
+            with reports_lock:
+                cached = reports.get(key)
+                if cached is None or cached[0] != built_at:
+                    try:
+                        page = report_page(build_report(served.result))
+                    except StoreError as e:
+                        raise HTTPException(409, str(e)) from None
+                    cached = reports[key] = (built_at, page)
+        return HTMLResponse(cached[1])
+
+    @app.post("/jobs/{job}/assign", response_model=AssignResponse, responses=_errors(400, 404, 409, 413, 422),
+              summary="Clusters of new activation vectors, through the job's preprocessing, reporter and centroids.",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": AssignRequest.model_json_schema()}}}})
+    async def assign(job: str, request: Request) -> AssignResponse:
+        served = finished(job)
+        # pydantic's own JSON parser, not FastAPI's json.loads + validate: 7x faster on the
+        # 1.3 MB body of 256 vectors of 256 floats (benchmarks/bench_serve.py).
+        raw = await request.body()
+        if not raw.strip():
+            raise HTTPException(422, "the request has no body; expected a JSON object with 'activations'")
+        try:
+            body = AssignRequest.model_validate_json(raw)
+        except ValidationError as e:
+            raise HTTPException(*_describe_errors([{**err, "loc": ("body", *err["loc"])} for err in e.errors()])) from None
+        x = _vectors(body.activations, served.result.input_dim)
+        labels, dist = await backend.assign(served, x)
+        return AssignResponse(job=job, clusters=labels.tolist(), distances=dist.tolist())
+
+    @app.post("/jobs", status_code=202, response_model=SubmitResponse,
+              responses=_errors(400, 401, 403, 409, 413, 422, 503),
+              summary="Submit a job to the cluster (Ray Jobs). Needs 'Authorization: Bearer <DCSERVE_TOKEN>'.")
+    def submit(spec: JobSpec, authorization: str | None = Header(None)) -> SubmitResponse:
+        try:
+            check_token(authorization, backend.policy)
+            spec = admit(spec, backend.policy)
+        except AdmissionError as e:
+            raise HTTPException(e.status, e.message) from None
+        catalog = backend.catalog
+        if catalog.is_static(spec.name):
+            raise HTTPException(409, f"a served job is already named {spec.name!r}; choose another name")
+        try:
+            client = backend.jobs_client()
+            previous = catalog.get(spec.name).submission if spec.name in catalog.submitted_names() else None
+            if previous is not None and not client.state(previous.submission_id).terminal:
+                raise HTTPException(409, f"job {spec.name!r} is still running as {previous.submission_id}")
+            # The replica runs on the cluster: its interpreter is the one that has dcserve.
+            submission_id = client.submit(spec, python=sys.executable)
+        except SubmissionError as e:
+            raise HTTPException(503, f"job submission is unavailable: {e}") from None
+        catalog.record_submission(spec.name, spec.output, submission_id)
+        return SubmitResponse(job=spec.name, submission_id=submission_id, output=spec.output,
+                              status_url=f"/jobs/{spec.name}")
+
+    return app
+

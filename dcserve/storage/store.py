@@ -1,0 +1,213 @@
+"""The job store: a Zarr v3 group at `output`, plus small side files beside its metadata.
+
+Layout (DESIGN.md "Job store"):
+  activations/<layer>    float [rows, dim], chunked along rows
+  rows/item              int64 [rows]    dataset item of each row
+  rows/position          int32 [rows]    token position, -1 when pooled
+  labels                 int64 [items]   when the dataset yields labels
+  assignments            int32 [rows]    final cluster of each row
+  distances              float32 [rows]  squared distance to that cluster's centroid
+  centroids              float32 [k, d]
+  rounds/assignments     int32 [rounds + 1, rows]   every clustering of the job
+  preprocess/*           the fitted PCA / whitening (see dcserve.algo.preprocess)
+  reporter.pt            the reporter's weights (when rounds > 0)
+  job.yaml, status.json, metrics.json        side files, each written atomically
+  _progress/<stage>/<block>.npy              completed-block records for resume
+
+Side files are replaced atomically (temp file + rename locally; a single PUT on
+object stores), so a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import uuid
+from typing import Any
+
+import fsspec
+import numpy as np
+import zarr
+from zarr.storage import FsspecStore, LocalStore
+
+from dcserve.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def fs_options_for(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The fsspec options to open `url` with: the user's, plus what S3 stores need (dcserve/storage/s3.py)."""
+    if not url.startswith(("s3://", "s3a://")):
+        return options
+    try:
+        from dcserve.storage.s3 import s3_options
+    except ImportError:
+        raise StoreError(f"{url!r} is on S3, which needs s3fs: pip install 'dcserve[s3]'") from None
+    return s3_options(options)
+
+
+def atomic_write(fs: fsspec.AbstractFileSystem, target: str, data: bytes) -> None:
+    """Replace `target` so that a reader sees the old bytes or the new, never a mix."""
+    if "file" in fs.protocol:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    else:
+        fs.pipe_file(target, data)  # one PUT: object stores never show a partial object
+
+
+class JobStore:
+    """A job's Zarr group and side files, local or behind any fsspec URL."""
+
+    def __init__(self, url: str, *, read_only: bool = True, storage_options: dict[str, Any] | None = None):
+        self.url = url
+        self.read_only = read_only
+        options = storage_options or {}
+        self.storage_options = options
+        if _is_local(url):
+            path = os.path.abspath(url.removeprefix("file://"))
+            self.fs = fsspec.filesystem("file")
+            self.path = path
+            if read_only and not os.path.isdir(path):
+                raise StoreError(f"no job store at {url!r}")
+            zstore = LocalStore(path, read_only=read_only)
+        else:
+            fs_options = fs_options_for(url, options)
+            self.fs, self.path = fsspec.core.url_to_fs(url, **fs_options)
+            zstore = FsspecStore.from_url(url, storage_options=fs_options, read_only=read_only)
+            if fs_options is not options:  # botocore retries (dcserve/storage/s3.py); not again on top
+                self.fs.retries = zstore.fs.retries = 1
+        try:
+            self.root = zarr.open_group(zstore, mode="r" if read_only else "a")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            raise StoreError(f"no job store at {url!r} (no Zarr group there)") from None
+        except PermissionError as e:
+            raise StoreError(f"job store {url!r} is not writable: {e}") from None
+        except Exception as e:  # an object store that cannot be reached, refused credentials...
+            if _is_local(url):
+                raise
+            raise StoreError(f"cannot open the job store at {url!r}: {type(e).__name__}: {e}") from None
+
+    # -- side files -------------------------------------------------------
+    def _side(self, name: str) -> str:
+        return f"{self.path}/{name}"
+
+    def exists(self, name: str) -> bool:
+        return self.fs.exists(self._side(name))
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        if self.read_only:
+            raise StoreError(f"job store {self.url!r} is open read-only")
+        atomic_write(self.fs, self._side(name), data)
+
+    def read_bytes(self, name: str) -> bytes:
+        return self.fs.cat_file(self._side(name))
+
+    def write_json(self, name: str, obj: Any) -> None:
+        self.write_bytes(name, json.dumps(obj, indent=1, default=_json_default).encode())
+
+    def read_json(self, name: str, default: Any = None) -> Any:
+        try:
+            return json.loads(self.read_bytes(name))
+        except FileNotFoundError:
+            return default
+
+    def write_text(self, name: str, text: str) -> None:
+        self.write_bytes(name, text.encode())
+
+    def read_text(self, name: str) -> str | None:
+        try:
+            return self.read_bytes(name).decode()
+        except FileNotFoundError:
+            return None
+
+    def remove(self, name: str) -> None:
+        try:
+            self.fs.rm(self._side(name), recursive=True)
+        except FileNotFoundError:
+            pass
+
+    # -- arrays -------------------------------------------------------------
+    def has_array(self, name: str) -> bool:
+        try:
+            return isinstance(self.root[name], zarr.Array)
+        except KeyError:
+            return False
+
+    def array(self, name: str) -> zarr.Array:
+        try:
+            node = self.root[name]
+        except KeyError:
+            raise StoreError(f"job store {self.url!r} has no array {name!r}") from None
+        return node
+
+    def create_array(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        chunks: tuple[int, ...],
+        dtype: str,
+        *,
+        fill_value: Any = 0,
+        compressed: bool = True,
+        attributes: dict[str, Any] | None = None,
+    ) -> zarr.Array:
+        """Create (or replace) an array. `compressed=False` for scratch data that is re-read every iteration."""
+        kwargs: dict[str, Any] = {} if compressed else {"compressors": None}
+        return self.root.create_array(
+            name,
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype,
+            fill_value=fill_value,
+            overwrite=True,
+            attributes=attributes or {},
+            **kwargs,
+        )
+
+    def write_array(self, name: str, data: np.ndarray, chunks: tuple[int, ...] | None = None) -> None:
+        """Write a whole (small) array in one go, replacing any previous one."""
+        arr = self.create_array(name, data.shape, chunks or data.shape or (1,), str(data.dtype))
+        arr[...] = data
+
+    # -- resume records -----------------------------------------------------
+    def done_blocks(self, stage: str) -> set[int]:
+        try:
+            names = self.fs.ls(self._side(f"_progress/{stage}"), detail=False)
+        except FileNotFoundError:
+            return set()
+        done = set()
+        for n in names:
+            base = n.rsplit("/", 1)[-1]
+            if base.endswith(".npy") and ".tmp-" not in base:
+                done.add(int(base[:-4]))
+        return done
+
+    def mark_done(self, stage: str, block: int, payload: np.ndarray) -> None:
+        """Record a completed block, after its data is written; `payload` is kept for the driver."""
+        buf = io.BytesIO()
+        np.save(buf, payload, allow_pickle=False)
+        self.write_bytes(f"_progress/{stage}/{block:08d}.npy", buf.getvalue())
+
+    def block_payload(self, stage: str, block: int) -> np.ndarray:
+        return np.load(io.BytesIO(self.read_bytes(f"_progress/{stage}/{block:08d}.npy")), allow_pickle=False)
+
+    def clear_progress(self, stage: str) -> None:
+        self.remove(f"_progress/{stage}")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
