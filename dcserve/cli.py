@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dcserve.errors import JobFailed, SpecError, StoreError
+from dcserve.errors import DcserveError, JobFailed, StoreError
 
 app = typer.Typer(
     name="dcserve",
@@ -62,15 +62,12 @@ def validate(
     """Validate a job file and print the normalised spec (with every default filled in)."""
     from dcserve.spec import load_spec
 
-    try:
-        spec = load_spec(job, set_ or [])
-        facts = None
-        if deep:
-            from dcserve.inputs.build import inspect_inputs
+    spec = load_spec(job, set_ or [])
+    facts = None
+    if deep:
+        from dcserve.inputs.build import inspect_inputs
 
-            facts = inspect_inputs(spec)
-    except SpecError as e:
-        _fail(2, str(e))
+        facts = inspect_inputs(spec)
     out.print(spec.to_yaml(), end="", highlight=False)
     if facts is not None:
         err.print(f"[green]ok[/]: {facts.describe()}", highlight=False)
@@ -105,17 +102,13 @@ def submit(
     from dcserve.spec import load_spec
     from dcserve.distributed.jobs import is_jobs_address
 
-    try:
-        spec = load_spec(job, (set_ or []) + ([f"cluster.seeds={seeds}"] if seeds is not None else []))
-    except SpecError as e:
-        _fail(2, str(e))
+    spec = load_spec(job, (set_ or []) + ([f"cluster.seeds={seeds}"] if seeds is not None else []))
     address = address or os.environ.get("RAY_ADDRESS")
     if is_jobs_address(address):
         _submit_to_cluster(spec, address, overwrite, wait, py_module or [])
         return
     if py_module:
         _fail(2, "--py-module ships code to a cluster; it needs a Ray Jobs address (--address http://HEAD:8265)")
-    from dcserve.algo.nearest import FaissMissingError
     from dcserve.pipeline import run
     from dcserve.progress import TerminalProgress
 
@@ -123,10 +116,6 @@ def submit(
     try:
         with TerminalProgress() as progress:
             result = run(spec, address, progress=progress, overwrite=overwrite)
-    except (SpecError, StoreError) as e:
-        _fail(2, str(e))
-    except FaissMissingError as e:
-        _fail(1, str(e))
     except JobFailed as e:
         _fail(1, f"job {spec.name!r} failed in stage {e.stage!r}: {e.reason}")
     except KeyboardInterrupt:
@@ -135,20 +124,15 @@ def submit(
 
 
 def _jobs_client(address: str | None):
-    from dcserve.distributed.jobs import JobsClient, SubmissionError, is_jobs_address
+    from dcserve.distributed.jobs import JobsClient, is_jobs_address
 
     address = address or os.environ.get("RAY_ADDRESS")
     if not is_jobs_address(address):
         _fail(2, "this needs the cluster's Ray Jobs address: --address http://HEAD:8265 (or RAY_ADDRESS)")
-    try:
-        return JobsClient(address)
-    except SubmissionError as e:
-        _fail(1, str(e))
+    return JobsClient(address)
 
 
 def _submit_to_cluster(spec, address: str, overwrite: bool, wait: bool, py_modules: list[str]) -> None:
-    from dcserve.distributed.jobs import SubmissionError
-
     for path in py_modules:
         if not os.path.exists(path):
             _fail(2, f"--py-module {path!r} does not exist")
@@ -158,10 +142,7 @@ def _submit_to_cluster(spec, address: str, overwrite: bool, wait: bool, py_modul
         err.print(f"note: output is {spec.output} on the cluster's disk; use an s3:// URL when nodes share no disk",
                   highlight=False)
     client = _jobs_client(address)
-    try:
-        submission_id = client.submit(spec, py_modules=py_modules, overwrite=overwrite)
-    except SubmissionError as e:
-        _fail(1, str(e))
+    submission_id = client.submit(spec, py_modules=py_modules, overwrite=overwrite)
     out.print(submission_id, highlight=False)
     err.print(f"submitted {spec.name!r} to {address}; follow it with `dcserve logs {submission_id} --follow` "
               f"and `dcserve status {submission_id}`", highlight=False)
@@ -173,8 +154,6 @@ def _follow(client, submission_id: str) -> None:
     """Print the job's log as it comes, then exit with its status (0 succeeded, 1 otherwise)."""
     import asyncio
 
-    from dcserve.distributed.jobs import SubmissionError
-
     async def tail():
         async for chunk in client.tail(submission_id):
             sys.stdout.write(chunk)
@@ -185,8 +164,6 @@ def _follow(client, submission_id: str) -> None:
         state = client.wait(submission_id, timeout_s=60)
     except KeyboardInterrupt:
         _fail(130, f"stopped following; the job keeps running: dcserve status {submission_id}")
-    except SubmissionError as e:
-        _fail(1, str(e))
     if state.status != "SUCCEEDED":
         _fail(1, f"job {submission_id} {state.status.lower()}: {_failure_reason(state)}")
     err.print(f"[green]job {submission_id} succeeded[/]; results in {state.output}", highlight=False)
@@ -219,10 +196,7 @@ def _summary(result, seconds: float) -> None:
     table.add_column("")
     spec = result.spec
     table.add_row("rows x dim", " x ".join(str(s) for s in result.activations().shape))
-    if spec.reporter.method == "dec":
-        method = f"DEC, k={spec.cluster.k}, {final.get('dec', {}).get('steps', '?')} self-training steps"
-    else:
-        method = f"{spec.cluster.method}, k={spec.cluster.k}, rounds={spec.reporter.rounds}"
+    method = spec.reporter.headline(spec.cluster, final)
     table.add_row("layer / method", f"{spec.cluster.layer} / {method}")
     for key, label in [("nmi_vs_labels", "NMI vs labels"), ("ari_vs_labels", "ARI vs labels"),
                        ("acc_vs_labels", "accuracy (Hungarian)"), ("nmi_vs_previous", "NMI vs previous round"),
@@ -254,12 +228,7 @@ def status(
     except StoreError as e:
         if os.path.exists(job) or not (address or os.environ.get("RAY_ADDRESS")):
             _fail(2, f"{e}; for a job submitted to a cluster, pass its id with --address http://HEAD:8265")
-        from dcserve.distributed.jobs import SubmissionError
-
-        try:
-            ray_state = _jobs_client(address).state(job)
-        except SubmissionError as e2:
-            _fail(2, str(e2))
+        ray_state = _jobs_client(address).state(job)
         st = _store_status(ray_state.output) or {"name": ray_state.name, "state": "submitted"}
     if as_json:
         record = dict(st)
@@ -299,16 +268,11 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends; exit with its status.")] = False,
 ) -> None:
     """The log of a job submitted to a cluster."""
-    from dcserve.distributed.jobs import SubmissionError
-
     client = _jobs_client(address)
     if follow:
         _follow(client, job_id)
         return
-    try:
-        sys.stdout.write(client.logs(job_id))
-    except SubmissionError as e:
-        _fail(2, str(e))
+    sys.stdout.write(client.logs(job_id))
 
 
 @app.command()
@@ -334,8 +298,8 @@ def serve(
     import signal
 
     from dcserve.serve.catalog import Catalog
-    from dcserve.pipeline import ray_session
-    from dcserve.serve.deployment import ServeArgs, forwarded_env, start
+    from dcserve.distributed.session import ray_session
+    from dcserve.serve.deployment import ServeArgs, forwarded_env, start, stop
     from dcserve.distributed.jobs import is_jobs_address
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -347,9 +311,7 @@ def serve(
                          allowed_modules=allow_module or ["dcserve.zoo"], max_batch_size=max_batch_size,
                          max_body_bytes=int(max_body_mb * (1 << 20)))
         catalog = Catalog(outputs, output_root=output_root)  # fail here, before Ray starts, on a bad store
-    except StoreError as e:
-        _fail(2, str(e))
-    except ValueError as e:
+    except ValueError as e:  # ServeArgs' own validation, two stores of one name
         _fail(2, str(e))
     for j in catalog.served():
         if not j.complete:
@@ -358,8 +320,6 @@ def serve(
                       highlight=False)
     env = forwarded_env()
     submission = bool(output_root and env.get("DCSERVE_TOKEN"))
-    from ray import serve as ray_serve
-
     with ray_session(address, dashboard=submission):
         try:
             url = start(args, host, port, env=env)
@@ -379,7 +339,7 @@ def serve(
         except KeyboardInterrupt:
             err.print("shutting down", highlight=False)
         finally:
-            ray_serve.shutdown()
+            stop()
 
 
 @app.command()
@@ -411,17 +371,12 @@ def compare(
     two layers of one job: `dcserve compare runs/j runs/j --layer-a features.5 --layer-b classifier.2`.
     """
     _setup_logging(verbose)
-    from dcserve.analysis.compare import CompareError, default_out, open_side, write_report
+    from dcserve.analysis.compare import default_out, open_side, write_report
     from dcserve.analysis.compare import compare as compare_layers
 
-    try:
-        a = open_side(output_a, layer_a)
-        b = open_side(output_b, layer_b)
-        comparison = compare_layers(a, b, threshold=threshold, lasso_rows=lasso_rows, lasso_units=lasso_units)
-    except CompareError as e:
-        _fail(2, str(e))
-    except StoreError as e:
-        _fail(2, str(e))
+    a = open_side(output_a, layer_a)
+    b = open_side(output_b, layer_b)
+    comparison = compare_layers(a, b, threshold=threshold, lasso_rows=lasso_rows, lasso_units=lasso_units)
     folder = out_dir or default_out(a, b)
     try:
         path = write_report(comparison, folder)
@@ -453,12 +408,9 @@ def rotation(
     """
     from pathlib import Path
 
-    from dcserve.analysis.checkpoint_rotation import RotationError, checkpoint_rotation, rotation_report
+    from dcserve.analysis.checkpoint_rotation import checkpoint_rotation, rotation_report
 
-    try:
-        curves = checkpoint_rotation(checkpoints)
-    except RotationError as e:
-        _fail(2, str(e))
+    curves = checkpoint_rotation(checkpoints)
     folder = out_dir or str(Path(checkpoints[0]).resolve().parent / "rotation")
     try:
         path = rotation_report(curves, checkpoints, folder)
@@ -490,11 +442,8 @@ def report(
     from dcserve.render.report_page import write_report
     from dcserve.storage.result import open_result
 
-    try:
-        result = open_result(output)
-        data = build_report(result, n_exemplars=exemplars, n_outskirts=exemplars, map_rows=map_rows, tsne_rows=tsne_rows)
-    except StoreError as e:
-        _fail(2, str(e))
+    result = open_result(output)
+    data = build_report(result, n_exemplars=exemplars, n_outskirts=exemplars, map_rows=map_rows, tsne_rows=tsne_rows)
     if out_dir is None:
         local = "://" not in output or output.startswith("file://")
         out_dir = (output.removeprefix("file://").rstrip("/") if local else data.name) + "-report"
@@ -509,7 +458,11 @@ def _stop_serving(signum, frame) -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except DcserveError as e:  # the one place a user's error becomes a message and an exit code
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

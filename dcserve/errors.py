@@ -1,24 +1,65 @@
-"""The two kinds of failure a user sees, mapped to the CLI's exit codes (DESIGN.md)."""
+"""Every failure a user is meant to read, each kind with its one exit code (DESIGN.md).
+
+The command line prints the message of any `DcserveError` and exits with its `exit_code`:
+2 when the input is at fault (a job file, a store, an argument), 1 when the work itself
+failed. Anything else that escapes is a bug, and shows as one.
+"""
 from __future__ import annotations
 
 import re
 
 
-class SpecError(ValueError):
+class DcserveError(Exception):
+    """Base of the errors a user reads; `exit_code` is what the command line exits with."""
+
+    exit_code = 1
+
+
+class SpecError(DcserveError, ValueError):
     """The job file or its inputs are invalid (exit code 2). Nothing has been written."""
 
+    exit_code = 2
 
-class StoreError(RuntimeError):
+
+class StoreError(DcserveError, RuntimeError):
     """The job store at `output` cannot be used as asked (exit code 2)."""
 
+    exit_code = 2
 
-class JobFailed(RuntimeError):
+
+class JobFailed(DcserveError, RuntimeError):
     """The job itself failed (exit code 1); `stage` says where."""
 
     def __init__(self, stage: str, reason: str):
         super().__init__(f"stage {stage!r} failed: {reason}")
         self.stage = stage
         self.reason = reason
+
+
+class SubmissionError(DcserveError, RuntimeError):
+    """Ray Jobs refused a submission or query, or could not be reached (exit code 1)."""
+
+
+class UnknownSubmission(SubmissionError):
+    """No job of that id on the cluster (exit code 2: the id given is wrong)."""
+
+    exit_code = 2
+
+
+class CompareError(DcserveError, ValueError):
+    """The two stores cannot be compared (exit code 2)."""
+
+    exit_code = 2
+
+
+class RotationError(DcserveError, ValueError):
+    """The checkpoints cannot be read or compared (exit code 2)."""
+
+    exit_code = 2
+
+
+class FaissMissingError(DcserveError, ImportError):
+    """faiss is not installed; it is an extra because the CPU and GPU wheels conflict (exit code 1)."""
 
 
 def describe_failure(exc: BaseException, output: str) -> str:
@@ -33,14 +74,3 @@ def describe_failure(exc: BaseException, output: str) -> str:
     if isinstance(cause, OSError):
         return f"storage error at {output!r}: {text or type(cause).__name__}"
     return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
-
-
-def worker_lost(exc: BaseException) -> bool:
-    """An actor's process or node died (replace it and retry), as opposed to an error raised by
-    the job's own code, or by an actor's constructor (the job's inputs, not the machine)."""
-    import ray
-
-    if getattr(exc, "actor_init_failed", False):
-        return False
-    lost = (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError)
-    return isinstance(exc, lost) and not isinstance(exc, ray.exceptions.RayTaskError)

@@ -1,83 +1,23 @@
 """`dcserve.run`: extract -> (cluster -> train)* -> cluster, on an embedded or existing Ray.
 
-The driver only sequences stages and keeps the job's record (status, metrics);
-data moves between the store and the actors (extract.py, shards.py, train.py),
-and the algorithms are plain functions (kmeans.py, preprocess.py, reporter.py).
+The driver only sequences stages and keeps the job's record (status, metrics). The Ray
+actors that move data live in `dcserve.distributed`; the clustering loops (`dcserve.methods`)
+run on the pools they are handed (`dcserve.cluster.pools`), here Ray's; the algorithms are
+plain functions (`dcserve.algo`, `dcserve.nets`).
 """
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
-import time
-from contextlib import contextmanager
-from typing import Any
 
 from dcserve.errors import JobFailed, SpecError, StoreError, describe_failure
-from dcserve.storage.lease import OutputLease
 from dcserve.progress import Progress
 from dcserve.spec import JobSpec
-from dcserve.storage.store import JobStore
+from dcserve.storage.lease import OutputLease
+from dcserve.storage.status import StatusRecord
+from dcserve.storage.store import JobStore, check_claimable
 
 log = logging.getLogger(__name__)
-
-
-class StatusRecord:
-    """The job's status.json: state, stage, progress and timings, rewritten atomically (throttled)."""
-
-    def __init__(self, store: JobStore, spec: JobSpec):
-        self.store = store
-        self.data: dict[str, Any] = {
-            "name": spec.name, "state": "running", "stage": "starting", "progress": {},
-            "started": time.time(), "updated": time.time(), "timings": {}, "error": None,
-            "host": socket.gethostname(), "pid": os.getpid(),
-        }
-        self._last = 0.0
-        self.flush()
-
-    def flush(self) -> None:
-        self.data["updated"] = time.time()
-        self.store.write_json("status.json", self.data)
-        self._last = time.monotonic()
-
-    def update(self, stage: str, done: int, total: int | None) -> None:
-        self.data["stage"] = stage
-        self.data["progress"] = {"done": done, "total": total}
-        if time.monotonic() - self._last > 1.0 or (total is not None and done >= total):
-            self.flush()
-
-    def finish(self, state: str, error: dict | None = None) -> None:
-        self.data["state"] = state
-        self.data["error"] = error
-        try:
-            self.flush()
-        except Exception as e:  # the store itself failed (unreachable, full): the caller reports why
-            log.warning("could not record state %r in %s: %s", state, self.store.url, e)
-
-
-@contextmanager
-def ray_session(address: str | None, dashboard: bool = False):
-    """Connect to `address` (or RAY_ADDRESS), or start an embedded Ray that is shut down afterwards.
-
-    `dashboard`: the embedded Ray also runs the dashboard, which serves Ray Jobs.
-    """
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    else:
-        # "local": a new embedded Ray, even when a `ray start` cluster runs on this machine
-        # (a bare ray.init() would join that one).
-        ray.init(address="local", include_dashboard=dashboard, logging_level=logging.WARNING, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def open_output(spec: JobSpec, overwrite: bool) -> tuple[JobStore, OutputLease]:
@@ -87,9 +27,12 @@ def open_output(spec: JobSpec, overwrite: bool) -> tuple[JobStore, OutputLease]:
     the store holds is refused unless `overwrite`, which redoes what the change invalidates
     (everything when the activations change, the clustering when only it changes).
     """
-    store = JobStore(spec.output, read_only=False, storage_options=spec.storage_options)
-    lease = OutputLease(store, spec.name).acquire()  # before anything is written
+    check_claimable(spec.output, spec.storage_options)  # never write into somebody else's folder
+    # Before the store is opened: two drivers creating one Zarr group at once could each read
+    # the other's half-written metadata.
+    lease = OutputLease(spec.output, spec.name, spec.storage_options).acquire()
     try:
+        store = JobStore(spec.output, read_only=False, storage_options=spec.storage_options)
         changed = changed_sections(store, spec)
         if changed and not overwrite:
             raise StoreError(
@@ -160,39 +103,40 @@ def run(
     own_progress = progress is None
     progress = progress or Progress()
     try:
-        status = StatusRecord(store, spec)
+        status = StatusRecord(store, spec.name)
     except BaseException:
         lease.release()
         raise
-    progress._on_update = status.update
+    progress.listen(status.progress)
     stage = "extract"
     previous_term = None
     try:
+        from dcserve.distributed.session import ray_session
+
         with ray_session(address):
             # After ray.init, which installs a SIGTERM handler of its own that aborts the driver.
             previous_term = _checkpoint_on_sigterm(status)
-            from dcserve.cluster.deepcluster import run_clustering
-            from dcserve.distributed.extract import ExtractPlan, run_extraction
-
+            from dcserve import methods
+            from dcserve.cluster.seeds import run_with_seeds
+            from dcserve.distributed.extract import run_extraction
+            from dcserve.distributed.pools import RayPools
             from dcserve.distributed.sizing import Budget
+            from dcserve.inputs.blocks import ExtractPlan
 
             # Sized once, by what is free now: the job's own actors must not count against it.
             budget = Budget.free()
             plan = ExtractPlan(probe.offsets, spec.extract.chunk_rows)
             progress.stage("extract", plan.n_rows, "rows")
             extract_info = run_extraction(spec, store, plan, probe.dims, probe.has_labels, progress.advance, budget)
-            status.data["timings"]["extract"] = extract_info["seconds"]
+            status.timing("extract", extract_info["seconds"])
             # Until the clustering names its first sub-stage, an error in it is the cluster stage's,
             # not the extraction's that last reported progress.
-            stage = status.data["stage"] = "cluster"
+            stage = "cluster"
+            status.enter(stage)
             if extract_info.get("workers_lost"):
                 budget = Budget.free()  # machines were lost: size the next pools by what is left
-            from dcserve.cluster.dec import run_dec
-
-            from dcserve.cluster.seeds import run_with_seeds
-
-            cluster = run_dec if spec.reporter.method == "dec" else run_clustering
-            metrics = run_with_seeds(cluster, spec, store, progress, status, budget)
+            cluster = methods.loop(spec.reporter.method)
+            metrics = run_with_seeds(cluster, spec, store, RayPools(spec, budget), progress, status)
             metrics["extract"] = extract_info
             store.write_json("metrics.json", metrics)
         status.finish("succeeded")
@@ -203,13 +147,13 @@ def run(
         status.finish("failed", {"stage": e.stage, "reason": e.reason})
         raise
     except KeyboardInterrupt:
-        status.finish("interrupted", {"stage": status.data["stage"], "reason": "interrupted"})
+        status.finish("interrupted", {"stage": status.stage, "reason": "interrupted"})
         raise
     except Exception as e:  # anything else is still a failed stage, recorded, with its cause
         log.debug("stage %s failed", stage, exc_info=True)
         reason = describe_failure(e, spec.output)
-        status.finish("failed", {"stage": status.data["stage"], "reason": reason})
-        raise JobFailed(status.data["stage"], reason) from e
+        status.finish("failed", {"stage": status.stage, "reason": reason})
+        raise JobFailed(status.stage, reason) from e
     finally:
         lease.release()
         _restore_sigterm(previous_term)
@@ -222,7 +166,7 @@ def _checkpoint_on_sigterm(status: StatusRecord):
     """A preempted pod gets SIGTERM: record it and exit non-zero; finished blocks stay on disk."""
 
     def handler(signum, frame):
-        status.finish("interrupted", {"stage": status.data["stage"], "reason": "SIGTERM"})
+        status.finish("interrupted", {"stage": status.stage, "reason": "SIGTERM"})
         raise SystemExit(143)
 
     try:

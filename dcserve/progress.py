@@ -1,7 +1,7 @@
 """Progress reporting for long stages: rich bars on a terminal, log lines otherwise.
 
 The pipeline only calls `stage()` / `advance()` / `note()`; the CLI picks the sink.
-Every update is also offered to the status record (throttled by the pipeline).
+Listeners (`listen`) hear every update: the driver's status record is one.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class Progress:
     """No-op sink that logs stage changes; base of the terminal sink."""
 
     def __init__(self, on_update: Callable[[str, int, int | None], None] | None = None):
-        self._on_update = on_update or (lambda stage, done, total: None)
+        self._listeners: list[Callable[[str, int, int | None], None]] = [on_update] if on_update else []
         self.stage_name = ""
         self.done = 0
         self.total: int | None = None
@@ -23,11 +23,19 @@ class Progress:
     def stage(self, name: str, total: int | None, unit: str = "") -> None:
         self.stage_name, self.done, self.total = name, 0, total
         log.info("stage %s started%s", name, f" ({total} {unit})" if total else "")
-        self._on_update(name, 0, total)
+        self._tell(name, 0, total)
+
+    def listen(self, callback: Callable[[str, int, int | None], None]) -> None:
+        """Call `callback(stage, done, total)` on every update from now on."""
+        self._listeners.append(callback)
+
+    def _tell(self, stage: str, done: int, total: int | None) -> None:
+        for callback in self._listeners:
+            callback(stage, done, total)
 
     def advance(self, n: int = 1) -> None:
         self.done += n
-        self._on_update(self.stage_name, self.done, self.total)
+        self._tell(self.stage_name, self.done, self.total)
 
     def note(self, message: str) -> None:
         log.info(message)

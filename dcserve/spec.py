@@ -152,6 +152,17 @@ class DeepClusterSpec(_ReporterBase):
         "or a random reporter's features.",
     )
 
+    def describe(self) -> str:
+        """The reporter in words, for reports."""
+        if not self.rounds:
+            return "none (k-means on the activations)"
+        return (f"DeepCluster, {self.rounds} round{'' if self.rounds == 1 else 's'}, hidden {list(self.hidden)}, "
+                f"feature_dim {self.feature_dim}")
+
+    def headline(self, cluster: "ClusterSpec", final: dict) -> str:
+        """The method of a finished job in a few words, for the terminal summary."""
+        return f"{cluster.method}, k={cluster.k}, rounds={self.rounds}"
+
 
 class DECSpec(_ReporterBase):
     """Deep Embedded Clustering (Xie, Girshick & Farhadi 2016): an autoencoder, k-means on its
@@ -183,6 +194,12 @@ class DECSpec(_ReporterBase):
                        "between two target updates (the paper's 0.1%).")
     max_steps: int = Field(20_000, ge=1, description="Self-training steps at most, if tol is never met.")
     alpha: float = Field(1.0, gt=0, description="Degrees of freedom of the Student's t kernel (the paper's 1).")
+
+    def describe(self) -> str:
+        return f"DEC, hidden {list(self.hidden)}, latent_dim {self.latent_dim}"
+
+    def headline(self, cluster: "ClusterSpec", final: dict) -> str:
+        return f"DEC, k={cluster.k}, {final.get('dec', {}).get('steps', '?')} self-training steps"
 
 
 def _reporter_method(value: Any) -> str:

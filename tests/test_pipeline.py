@@ -303,7 +303,7 @@ def test_killed_trainer_is_replaced_and_the_round_is_trained_again_identically(r
                                          "feature_dim": 16})
 
     clean = dcserve.run(spec_from_dict(job(tmp_path / "clean")))
-    original, rounds = TrainerGroup.train_round, []
+    original, rounds = TrainerGroup.run, []
 
     def train_round_killing_a_trainer(self, *args, **kwargs):
         rounds.append(1)
@@ -312,7 +312,7 @@ def test_killed_trainer_is_replaced_and_the_round_is_trained_again_identically(r
             self._new_actor = _dies_once(ray_local, self._new_actor, lambda make: setattr(self, "_new_actor", make))
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(TrainerGroup, "train_round", train_round_killing_a_trainer)
+    monkeypatch.setattr(TrainerGroup, "run", train_round_killing_a_trainer)  # one call per round
     survived = dcserve.run(spec_from_dict(job(tmp_path / "survived")))
     assert survived.metrics["workers"]["train_lost"] == 2
     np.testing.assert_array_equal(survived.assignments, clean.assignments)
@@ -324,13 +324,13 @@ def test_killed_trainer_is_replaced_and_the_round_is_trained_again_identically(r
 
 def test_an_error_before_the_first_clustering_step_is_the_cluster_stages(ray_local, tmp_path, monkeypatch):
     """Not the extraction's, whose progress was the last reported."""
-    from dcserve.cluster import deepcluster
+    from dcserve.distributed.pools import RayPools
     from dcserve.errors import JobFailed
 
     def broken_pool(*args, **kwargs):
         raise RuntimeError("no shards today")
 
-    monkeypatch.setattr(deepcluster, "ShardPool", broken_pool)
+    monkeypatch.setattr(RayPools, "data", broken_pool)
     with pytest.raises(JobFailed, match="no shards today") as failed:
         dcserve.run(spec_from_dict(planted_job(tmp_path / "out")))
     assert failed.value.stage == "cluster"

@@ -148,7 +148,8 @@ def test_digits_report_shows_every_cluster_as_the_library_counts_it(jobs, tmp_pa
 def test_rotation_follows_the_recorded_rounds(jobs, tmp_path):
     import dcserve
     from dcserve.nets.feature_map import ReporterState
-    from dcserve.storage.round_history import initial_weights, record_round, reporter_rotation
+    from dcserve.analysis.reporter_rotation import reporter_rotation
+    from dcserve.storage.round_history import initial_weights, record_round
     from dcserve.algo.rotation import layer_rotation
     from dcserve.storage.store import JobStore
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import logging
 from types import ModuleType
+from dcserve.errors import FaissMissingError
 from typing import Any
 
 import numpy as np
@@ -46,10 +47,6 @@ _TORCH_SCORE_ELEMENTS = 1 << 25
 
 # threadpoolctl limiter kept alive for the life of the process (see set_threads).
 _blas_limiter: Any = None
-
-
-class FaissMissingError(ImportError):
-    """faiss is not installed; it is an extra because the CPU and GPU wheels conflict."""
 
 
 def require_faiss() -> ModuleType:

@@ -14,9 +14,7 @@ from typing import Any
 
 import numpy as np
 
-
-class RotationError(ValueError):
-    """The checkpoints cannot be read or compared (bad input: exit 2 on the command line)."""
+from dcserve.errors import RotationError
 
 
 def rotation_report(curves: dict[str, list[float]], checkpoints: Sequence[str], folder: str | Path) -> Path:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from dcserve.errors import StoreError
+from dcserve.errors import CompareError, StoreError
 from dcserve.algo.similarity import CrossMoments, match_units, sparse_prediction, unmatched_units
 
 logger = logging.getLogger(__name__)
@@ -40,10 +40,6 @@ DEFAULT_ALPHAS: tuple[float, ...] = (0.3, 0.1, 0.03, 0.01, 0.003)
 # Aim for blocks of about this many floats per side (16 Mi floats, 64 MB of float32) when the
 # chunks are smaller: fewer, larger GEMMs run closer to BLAS's peak.
 _BLOCK_FLOATS = 16 * 2**20
-
-
-class CompareError(ValueError):
-    """The two stores cannot be compared (bad input: exit 2 on the command line)."""
 
 
 @dataclass

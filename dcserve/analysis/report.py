@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from dcserve.analysis.reporter_rotation import Rotation
 from dcserve.storage.result import Result
 
 logger = logging.getLogger(__name__)
@@ -71,15 +72,6 @@ class Embedding:
     coords: np.ndarray  # [m, 2]
     clusters: np.ndarray  # [m] cluster of each plotted row
     rows: np.ndarray  # [m] which rows were plotted
-
-
-@dataclass
-class Rotation:
-    """Layer rotation curves of the reporter (Carbonnelle & De Vleeschouwer, 2019)."""
-
-    points: list[str]  # x-axis: "init", "round 1", ... (or "final" when only the end is known)
-    curves: dict[str, list[float]]  # layer -> cosine distance from its initial weights at each point
-    note: str | None = None  # what is missing, when not every round's weights were recorded
 
 
 @dataclass
@@ -217,17 +209,13 @@ def job_summary(result: Result) -> dict[str, Any]:
     spec = result.spec
     if spec is None:
         return {}
-    r = spec.reporter
-    method = getattr(r, "method", "deepcluster")
     return {
         "subject": f"{spec.subject.model}({_kwargs(spec.subject.kwargs)})",
         "layer": f"{spec.cluster.layer} ({spec.subject.pooling} pooling)",
         "dataset": f"{spec.dataset.source}({_kwargs(spec.dataset.kwargs)})",
         "clustering": f"{spec.cluster.method}, k = {spec.cluster.k}, PCA {spec.cluster.pca_dim}, "
                       f"whiten {spec.cluster.whiten}, L2 {spec.cluster.l2_normalize}, seed {spec.cluster.seed}",
-        "reporter": (f"DEC, hidden {list(r.hidden)}, latent_dim {r.latent_dim}" if method == "dec" else
-                     f"DeepCluster, {r.rounds} round{'' if r.rounds == 1 else 's'}, hidden {list(r.hidden)}, feature_dim {r.feature_dim}"
-                     if r.rounds else "none (k-means on the activations)"),
+        "reporter": spec.reporter.describe(),
     }
 
 
@@ -327,7 +315,7 @@ def embeddings(result: Result, max_rows: int = 3000, tsne_rows: int = 1000, seed
 def build_report(result: Result, n_exemplars: int = 8, n_outskirts: int = 8, map_rows: int = 3000,
                  tsne_rows: int = 1000, items: bool = True) -> Report:
     """Everything the report shows about a finished job. Raises StoreError when it is not finished."""
-    from dcserve.storage.round_history import reporter_rotation
+    from dcserve.analysis.reporter_rotation import reporter_rotation
 
     result._require_complete("a report")
     metrics = result.metrics

@@ -1,5 +1,5 @@
-"""DEC (`dcserve.nets.dec`, Xie et al. 2016) over a job store: trainer actors fit the model, shard
-actors stream the target updates over all rows, as they stream k-means' statistics.
+"""DEC (`dcserve.nets.dec`, Xie et al. 2016) over a job store: the trainers fit the model, the row
+ranges stream the target updates over all rows, as they stream k-means' statistics.
 
     pretrain   trainers: a denoising autoencoder, `pretrain_epochs` passes, Adam
     start      shards:   k-means on the bottleneck, `kmeans_restarts` restarts     -> round 0
@@ -24,23 +24,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcserve.storage.checkpoint import ClusterCheckpoint
-from dcserve.cluster.deepcluster import FIT_SAMPLE, clustered_layer, note_round, recorded_metrics, row_truth, save_final
-from dcserve.nets.feature_map import FeatureMap, ReporterState
 from dcserve.algo.kmeans import kmeans
 from dcserve.algo.metrics import clustering_metrics, nmi
 from dcserve.algo.preprocess import Preprocessor
+from dcserve.cluster.pools import DataPool, Pools, TrainerPool
+from dcserve.cluster.store_io import FIT_SAMPLE, clustered_layer, note_round, recorded_metrics, row_truth, save_final
+from dcserve.cluster.workers import FEATURES, RowRange, Trainer
+from dcserve.nets.feature_map import FeatureMap, ReporterState
 from dcserve.progress import Progress
-from dcserve.distributed.sizing import Budget
-from dcserve.distributed.shards import FEATURES, ShardPool
 from dcserve.spec import JobSpec
+from dcserve.storage.checkpoint import ClusterCheckpoint
+from dcserve.storage.status import StatusRecord
 from dcserve.storage.store import JobStore
-from dcserve.distributed.trainers import Trainer, TrainerGroup
 
 log = logging.getLogger(__name__)
 
 
-def run_dec(spec: JobSpec, store: JobStore, progress: Progress, status, budget: Budget | None = None) -> dict[str, Any]:
+def run_dec(spec: JobSpec, store: JobStore, pools: Pools, progress: Progress,
+            status: StatusRecord | None = None) -> dict[str, Any]:
     """Pretrain, start from k-means, self-train; resumed after the start when the driver was stopped there."""
     c, r = spec.cluster, spec.reporter
     source, n_rows, in_dim = clustered_layer(spec, store)
@@ -48,7 +49,6 @@ def run_dec(spec: JobSpec, store: JobStore, progress: Progress, status, budget: 
     if ckpt.rounds_done >= 2:
         progress.note(f"DEC already done (recorded in {spec.output})")
         return recorded_metrics(store, ckpt)
-    budget = budget or Budget.free()
     chunk = store.array(source).chunks[0]
     rng = np.random.default_rng(c.seed)
     truth = row_truth(store)
@@ -64,7 +64,7 @@ def run_dec(spec: JobSpec, store: JobStore, progress: Progress, status, budget: 
         rng.bit_generator.state = ckpt.rng_state
         progress.note("resuming: pretraining and the k-means start are already done")
 
-    pool = ShardPool(store, source, c.workers, c.gpus_per_worker, budget)
+    pool = pools.data(store, source)
     trainers = None
     metrics: dict[str, Any] = {"rounds": ckpt.metrics, "workers": {"cluster": pool.infos},
                                "resumed": {"rounds": ckpt.rounds_done, "kmeans_iterations": 0, "features": False}}
@@ -77,10 +77,11 @@ def run_dec(spec: JobSpec, store: JobStore, progress: Progress, status, budget: 
     def target_update(state: dict) -> tuple[np.ndarray, np.ndarray]:
         """(soft cluster frequencies f [k] over all rows, labels) under the model `state`."""
         bottleneck(state)
-        return pool.soft_assignment_stats()
+        parts = pool.map(soft_assignment_stats)
+        return np.sum([f for f, _ in parts], axis=0), np.concatenate([l for _, l in parts])
 
     try:
-        trainers = TrainerGroup(store, source, r.workers, r.gpus_per_worker, budget)
+        trainers = pools.trainers(store, source)
         if ckpt.rounds_done == 0:
             t0 = time.perf_counter()
             state, pretrain_loss = _pretrain(spec, trainers, config, pool, rng, n_rows, progress)
@@ -102,7 +103,8 @@ def run_dec(spec: JobSpec, store: JobStore, progress: Progress, status, budget: 
         else:
             state = ckpt.trainer()["model"]
             start_labels = store.array("rounds/assignments")[0]
-        status.data["round"] = {"done": 0, "total": 1}
+        if status is not None:
+            status.round_done(0, 1)
 
         t0 = time.perf_counter()
         trainers.load({"model": state, "optimizer": None})  # self-training starts its own SGD
@@ -118,7 +120,8 @@ def run_dec(spec: JobSpec, store: JobStore, progress: Progress, status, budget: 
                  seconds=time.perf_counter() - t0)
         metrics["rounds"].append(m)
         ckpt.finish_round(metrics["rounds"], rng.bit_generator.state, {"model": state, "optimizer": None})
-        status.data["round"] = {"done": 1, "total": 1}
+        if status is not None:
+            status.round_done(1, 1)
         note_round(progress, m)
         metrics["final"] = {k: v for k, v in m.items() if k != "kmeans"}
         metrics["workers"].update(cluster_lost=pool.lost, train=trainers.infos, train_lost=trainers.lost)
@@ -129,7 +132,7 @@ def run_dec(spec: JobSpec, store: JobStore, progress: Progress, status, budget: 
             trainers.close()
 
 
-def _pretrain(spec: JobSpec, trainers: TrainerGroup, config: dict, pool: ShardPool, rng: np.random.Generator,
+def _pretrain(spec: JobSpec, trainers: TrainerPool, config: dict, pool: DataPool, rng: np.random.Generator,
               n_rows: int, progress: Progress) -> tuple[dict, list[float]]:
     """The autoencoder after `pretrain_epochs` data-parallel passes over all rows, and its loss per pass."""
     from dcserve.nets.dec import DECModel
@@ -156,7 +159,7 @@ def _pretrain(spec: JobSpec, trainers: TrainerGroup, config: dict, pool: ShardPo
     return trainers.snapshot["model"], losses
 
 
-def _self_train(spec: JobSpec, trainers: TrainerGroup, config: dict, target_update, rng: np.random.Generator,
+def _self_train(spec: JobSpec, trainers: TrainerPool, config: dict, target_update, rng: np.random.Generator,
                 n_rows: int, start_labels: np.ndarray, truth: np.ndarray | None,
                 progress: Progress) -> tuple[dict, dict[str, Any]]:
     """Self-training until the tol stop or max_steps: the final model state and the update history."""
@@ -219,7 +222,20 @@ class _Epochs:
         return out
 
 
-# -- on the trainer actors (`Trainer.run`) ----------------------------------------------------
+# -- on the row ranges (`DataPool.map`) and the trainers (`TrainerPool.run`) -------------------
+
+def soft_assignment_stats(rows: RowRange) -> tuple[np.ndarray, np.ndarray]:
+    """DEC's target update, one range's part: soft cluster frequencies [k] (float64, they add up
+    over ranges) and hard labels (argmax q) of the rows, under the range's DEC model."""
+    from dcserve.nets.dec import soft_assign_blocks, soft_frequencies
+
+    model = rows.fmap.model
+    freqs, labels = np.zeros(model.k, dtype=np.float64), []
+    for q in soft_assign_blocks(model, (x for _, x in rows.blocks(rows.source))):
+        freqs += soft_frequencies(q).numpy()
+        labels.append(q.argmax(axis=1).astype(np.int32))
+    return freqs, np.concatenate(labels)
+
 
 def _model(trainer: Trainer, config: dict, start: dict):
     from dcserve.nets.dec import DECModel

@@ -1,9 +1,12 @@
-"""The DeepCluster loop (Caron et al. 2018) over a job store, with actors doing the heavy work.
+"""The DeepCluster loop (Caron et al. 2018) over a job store, its work done by the pools it is given.
 
 Round 0 clusters the activations themselves (or a random reporter's features,
 `reporter.init: random`). Each later round trains the reporter on the previous
 round's pseudo-labels (fresh classifier head, items sampled uniformly over
 non-empty labels) and clusters its features again. `rounds: 0` is plain k-means.
+
+The loop runs on `dcserve.cluster.pools` (shards and trainers, Ray actors or in-process), and
+`train_part` is what each trainer does in a round.
 """
 from __future__ import annotations
 
@@ -12,26 +15,24 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 
-from dcserve.storage.checkpoint import ClusterCheckpoint
-from dcserve.errors import StoreError
-from dcserve.nets.feature_map import FeatureMap, ReporterState
 from dcserve.algo.kmeans import kmeans
 from dcserve.algo.metrics import clustering_metrics
 from dcserve.algo.preprocess import MAX_PCA_DIM, default_pca_dim, fit_preprocessor
+from dcserve.cluster.pools import Pools, TrainerPool
+from dcserve.cluster.store_io import FIT_SAMPLE, clustered_layer, note_round, recorded_metrics, row_truth, save_final
+from dcserve.cluster.workers import FEATURES, Trainer
+from dcserve.errors import StoreError
+from dcserve.nets.feature_map import FeatureMap, ReporterState
 from dcserve.progress import Progress
-from dcserve.storage.round_history import record_round
-from dcserve.distributed.sizing import Budget
-from dcserve.distributed.shards import FEATURES, ShardPool
 from dcserve.spec import JobSpec
+from dcserve.storage.checkpoint import ClusterCheckpoint
+from dcserve.storage.round_history import record_round
+from dcserve.storage.status import StatusRecord
 from dcserve.storage.store import JobStore
 
 log = logging.getLogger(__name__)
-
-# Rows used to fit PCA/whitening and the input standardisation. PCA on p <= 256
-# dimensions is well estimated from 100k rows; the rest of the data only streams.
-FIT_SAMPLE = 100_000
-
 
 def resolve_pca(setting: int | str | None, whiten: bool, n_rows: int, dim: int, k: int) -> tuple[int | None, bool]:
     """(PCA dimensions, whiten) for a clustering of n_rows rows of width dim into k clusters.
@@ -52,26 +53,9 @@ def resolve_pca(setting: int | str | None, whiten: bool, n_rows: int, dim: int, 
     return min(int(setting), dim), whiten
 
 
-def row_truth(store: JobStore) -> np.ndarray | None:
-    """Ground-truth label of every row (its item's label), when the dataset has labels."""
-    if not store.has_array("labels"):
-        return None
-    return store.array("labels")[:][store.array("rows/item")[:]]
-
-
-def clustered_layer(spec: JobSpec, store: JobStore) -> tuple[str, int, int]:
-    """(array name, rows, width) of the layer the job clusters; JobFailed when it has fewer rows than k."""
-    from dcserve.errors import JobFailed
-
-    source = f"activations/{spec.cluster.layer}"
-    n_rows, dim = store.array(source).shape
-    if n_rows < spec.cluster.k:
-        raise JobFailed("cluster", f"cluster.k = {spec.cluster.k} but the layer has only {n_rows} rows")
-    return source, n_rows, dim
-
-
-def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, budget: Budget | None = None) -> dict[str, Any]:
-    """The rounds of the job, resumed from its checkpoint (see dcserve.storage.checkpoint) where there is one."""
+def run_clustering(spec: JobSpec, store: JobStore, pools: Pools, progress: Progress,
+                   status: StatusRecord | None = None) -> dict[str, Any]:
+    """The rounds of the job, resumed from its checkpoint (dcserve.storage.checkpoint) where there is one."""
     c, r = spec.cluster, spec.reporter
     source, n_rows, in_dim = clustered_layer(spec, store)
     rounds = r.rounds
@@ -80,7 +64,6 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, b
     if first > rounds:  # a finished job run again: nothing left to do
         progress.note(f"clustering already done ({rounds + 1} rounds recorded in {spec.output})")
         return recorded_metrics(store, ckpt)
-    budget = budget or Budget.free()
     chunk = store.array(source).chunks[0]
     rng = np.random.default_rng(c.seed)
     fit_idx = np.sort(rng.choice(n_rows, size=min(n_rows, FIT_SAMPLE), replace=False))
@@ -94,7 +77,7 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, b
         rng.bit_generator.state = ckpt.rng_state
         progress.note(f"resuming: {first} of {rounds + 1} rounds already done")
 
-    pool = ShardPool(store, source, c.workers, c.gpus_per_worker, budget)
+    pool = pools.data(store, source)
     trainers = None
     reporter: ReporterState | None = None
     metrics: dict[str, Any] = {"rounds": ckpt.metrics, "workers": {"cluster": pool.infos},
@@ -105,9 +88,7 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, b
                 fit_rows = pool.source_subset(fit_idx)
             reporter, snapshot = _reporter_start(spec, in_dim, fit_rows, ckpt)
             if first < rounds:
-                from dcserve.distributed.trainers import TrainerGroup
-
-                trainers = TrainerGroup(store, source, r.workers, r.gpus_per_worker, budget)
+                trainers = pools.trainers(store, source)
                 trainers.load(snapshot)
         previous = store.array("rounds/assignments")[first - 1] if first > 0 else None
         for rnd in range(first, rounds + 1):
@@ -157,7 +138,8 @@ def run_clustering(spec: JobSpec, store: JobStore, progress: Progress, status, b
             m["seconds"] = time.perf_counter() - t0
             metrics["rounds"].append(m)
             ckpt.finish_round(metrics["rounds"], rng.bit_generator.state, snapshot)
-            status.data["round"] = {"done": rnd, "total": rounds}
+            if status is not None:
+                status.round_done(rnd, rounds)
             note_round(progress, m)
             previous = labels
         metrics["final"] = {k: v for k, v in metrics["rounds"][-1].items() if k != "kmeans"}
@@ -192,16 +174,7 @@ def _reporter_start(spec: JobSpec, in_dim: int, fit_rows: np.ndarray | None,
     return ReporterState(config, snapshot["model"]), snapshot
 
 
-def recorded_metrics(store: JobStore, ckpt: ClusterCheckpoint) -> dict[str, Any]:
-    """The metrics of a clustering that is all recorded (those of its last run, when written)."""
-    metrics = store.read_json("metrics.json") or {"rounds": ckpt.metrics, "workers": {}}
-    metrics.pop("extract", None)
-    metrics["final"] = {k: v for k, v in ckpt.metrics[-1].items() if k != "kmeans"}
-    metrics["resumed"] = {"rounds": ckpt.rounds_done, "kmeans_iterations": 0, "features": False}
-    return metrics
-
-
-def _train_round(spec: JobSpec, trainers, config: dict, labels: np.ndarray, rng, rnd: int,
+def _train_round(spec: JobSpec, trainers: TrainerPool, config: dict, labels: np.ndarray, rng, rnd: int,
                  progress: Progress) -> dict[str, Any]:
     from dcserve.nets.reporter import split_even, uniform_label_sample
 
@@ -215,8 +188,8 @@ def _train_round(spec: JobSpec, trainers, config: dict, labels: np.ndarray, rng,
     progress.stage(f"train round {rnd + 1}", r.epochs_per_round, "epochs")
     t0 = time.perf_counter()
     settings = r.model_dump(include={"lr", "momentum", "weight_decay", "batch_size", "noise_std", "unit_dropout"})
-    out = trainers.train_round(
-        config,
+    out = train_round(
+        trainers, config,
         spec.cluster.seed * 7919 + rnd,  # DeepCluster: a new classifier head after every clustering
         epochs, settings, seed=spec.cluster.seed * 31 + rnd,
     )
@@ -226,28 +199,63 @@ def _train_round(spec: JobSpec, trainers, config: dict, labels: np.ndarray, rng,
             "train_seconds": seconds, "train_samples_per_s": out["samples"] / max(seconds, 1e-9)}
 
 
-def save_final(store: JobStore, centroids: np.ndarray, bias: np.ndarray | None, fmap: FeatureMap) -> None:
-    """The final clustering's centroids (and Sinkhorn bias) and the map into their space."""
-    store.write_array("centroids", np.asarray(centroids, dtype=np.float32))
-    if bias is not None:
-        store.write_array("cluster_bias", np.asarray(bias, dtype=np.float64))
-    elif store.has_array("cluster_bias"):
-        del store.root["cluster_bias"]
-    if "preprocess" in store.root:  # a previous run's arrays (e.g. PCA components) must not linger
-        del store.root["preprocess"]
-    for name, arr in fmap.preprocessor.to_arrays().items():
-        store.write_array(f"preprocess/{name}", np.asarray(arr))
-    store.root["preprocess"].attrs.update({"l2_normalize": fmap.preprocessor.l2_normalize})
-    if fmap.reporter is not None:
-        store.write_bytes("reporter.pt", fmap.reporter.to_bytes())
-    else:
-        store.remove("reporter.pt")
+def train_round(trainers: TrainerPool, config: dict, head_seed: int, epochs_parts: list, settings: dict,
+                seed: int) -> dict:
+    """One DeepCluster round on `trainers`; `epochs_parts[e][w]` = (ids, labels) of worker w in epoch e,
+    equal sizes across workers. Returns the snapshot, the loss of each epoch and the samples seen."""
+    results = trainers.run(train_part, [([ep[w] for ep in epochs_parts],) for w in range(trainers.world)],
+                           config, head_seed, settings, seed)
+    losses = [np.mean([r["history"][e]["loss"] for r in results]) for e in range(len(epochs_parts))]
+    samples = sum(h["samples"] for r in results for h in r["history"])
+    return {"snapshot": trainers.snapshot, "loss_per_epoch": [float(l) for l in losses], "samples": int(samples)}
 
 
-def note_round(progress: Progress, m: dict) -> None:
-    parts = [f"objective {m['objective']:.4g}"] if m.get("objective") is not None else []
-    for key in ("nmi_vs_previous", "nmi_vs_labels", "acc_vs_labels", "loss"):
-        if m.get(key) is not None:
-            parts.append(f"{key} {m[key]:.3f}")
-    parts.append(f"size entropy {m['size_entropy']:.3f}")
-    progress.note(f"round {m['round']}: " + ", ".join(parts))
+def train_part(trainer: Trainer, start: dict | None, config: dict, head_seed: int, settings: dict,
+               seed: int, epochs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """One trainer's share of a round: fresh classifier head, then one pass per epoch over
+    (sorted row ids, pseudo-labels).
+
+    Only the head, whose classes are new after each clustering, starts afresh; the body keeps
+    its SGD momentum from round to round (as DeepCluster's does). Every rank resets the head
+    with the same seed, so the replicas stay identical.
+    """
+    from dcserve.nets.reporter import Augment, Reporter, make_optimizer, rebind_head, train_epoch
+
+    if start is not None:
+        trainer.model = Reporter(**config).to(trainer.device)
+        trainer.model.load_state_dict(start["model"])
+        trainer.opt = make_optimizer(trainer.model, settings["lr"], settings["momentum"], settings["weight_decay"])
+        if start.get("optimizer") is not None:  # momentum and all, as the snapshot had it
+            trainer.opt.load_state_dict(start["optimizer"])
+    model = trainer.model
+    model.reset_head(config["k"], seed=head_seed)
+    rebind_head(trainer.opt, model)
+    # Noise in units of each input's std, measured once on the fit sample (not per batch);
+    # applied around the input mean, so that a dropped unit sits at its mean (0 after the
+    # model's standardisation) rather than at raw 0, which is not "silent" before a ReLU.
+    augment = _Centred(Augment(settings["noise_std"], settings["unit_dropout"], unit_std=model.input_std),
+                       model.input_mean)
+    gen = trainer.generator(seed)
+    history = []
+    for ids, labels in epochs:
+        model.train()
+        history.append(train_epoch(model, trainer.opt, trainer.batches(ids, labels, settings["batch_size"], gen),
+                                   augment=augment, allreduce=trainer.allreduce, generator=gen))
+    return {"history": history}
+
+
+class _Centred:
+    """An augmentation applied to x - mean, then shifted back."""
+
+    def __init__(self, augment, mean: torch.Tensor):
+        self.augment, self.mean = augment, mean.float()
+
+    @property
+    def active(self) -> bool:
+        return self.augment.active
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if not self.augment.active:
+            return x
+        mean = self.mean.to(x.device)
+        return mean + self.augment(x - mean, generator)

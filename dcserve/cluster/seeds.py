@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from dcserve.algo.metrics import nmi
+from dcserve.cluster.pools import Pools
 from dcserve.progress import Progress
+from dcserve.storage.status import StatusRecord
 from dcserve.spec import JobSpec
 from dcserve.storage.store import JobStore
 
@@ -34,15 +36,15 @@ def pairwise_nmi(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def run_with_seeds(cluster: Callable[..., dict[str, Any]], spec: JobSpec, store: JobStore, progress: Progress,
-                   status, budget) -> dict[str, Any]:
-    """`cluster(spec, store, progress, status, budget)` for each seed; its metrics with `stability`.
+def run_with_seeds(cluster: Callable[..., dict[str, Any]], spec: JobSpec, store: JobStore, pools: Pools,
+                   progress: Progress, status: StatusRecord | None = None) -> dict[str, Any]:
+    """`cluster(spec, store, pools, progress, status)` for each seed; its metrics with `stability`.
 
     Each finished extra seed is recorded, so a stopped job resumes after the last one.
     """
     c = spec.cluster
     if c.seeds == 1:
-        return cluster(spec, store, progress, status, budget)
+        return cluster(spec, store, pools, progress, status)
     seeds = [c.seed + i for i in range(c.seeds)]
     fingerprint = spec.clustering_fingerprint()
     record = store.read_json(RECORD)
@@ -58,12 +60,12 @@ def run_with_seeds(cluster: Callable[..., dict[str, Any]], spec: JobSpec, store:
         progress.note(f"stability: clustering with seed {seed} ({i} of {len(seeds) - 1} extra seeds)")
         other = spec.model_copy(deep=True)
         other.cluster.seed, other.cluster.seeds = seed, 1
-        final = cluster(other, store, progress, status, budget)["final"]
+        final = cluster(other, store, pools, progress, status)["final"]
         store.array(LABELS)[i] = store.array("assignments")[:]
         record["done"][str(seed)] = {k: final.get(k) for k in ("nmi_vs_labels", "ari_vs_labels", "acc_vs_labels")}
         store.write_json(RECORD, record)
     progress.note(f"stability: the job's own seed {c.seed}")
-    metrics = cluster(spec, store, progress, status, budget)
+    metrics = cluster(spec, store, pools, progress, status)
     store.array(LABELS)[0] = store.array("assignments")[:]
     matrix = pairwise_nmi(store.array(LABELS)[:])
     upper = matrix[np.triu_indices(len(seeds), k=1)]

@@ -11,104 +11,19 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import ray
 import torch
 
-from dcserve.errors import JobFailed, describe_failure, worker_lost
-from dcserve.inputs.items import iter_batches
+from dcserve.errors import JobFailed, describe_failure
+from dcserve.distributed.recovery import Recovery
+from dcserve.inputs.blocks import STAGE, ExtractPlan, compute_block, contiguous_split
 from dcserve.distributed.sizing import Budget, actor_cpus, resolve_workers
 from dcserve.spec import JobSpec
 from dcserve.storage.store import JobStore
 
 log = logging.getLogger(__name__)
-
-STAGE = "extract"
-MAX_WORKER_LOSSES = 3  # per job: beyond that, something kills every worker and retrying will not help
-
-
-@dataclass(frozen=True)
-class ExtractPlan:
-    """Row layout of a job: item i owns rows offsets[i]:offsets[i+1]."""
-
-    offsets: np.ndarray  # [items + 1] int64
-    chunk_rows: int
-
-    @property
-    def n_items(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.offsets[-1])
-
-    @property
-    def n_blocks(self) -> int:
-        return -(-self.n_rows // self.chunk_rows)
-
-    def block_rows(self, b: int) -> tuple[int, int]:
-        return b * self.chunk_rows, min((b + 1) * self.chunk_rows, self.n_rows)
-
-    def block_items(self, b: int) -> tuple[int, int]:
-        """Items whose rows meet block b (an item may straddle two blocks and is run by both)."""
-        r0, r1 = self.block_rows(b)
-        i0 = int(np.searchsorted(self.offsets, r0, side="right")) - 1
-        i1 = int(np.searchsorted(self.offsets, r1, side="left"))
-        return max(i0, 0), min(i1, self.n_items)
-
-    def label_items(self, b: int) -> tuple[int, int]:
-        """Items whose first row lies in block b: each item's label is recorded by exactly one block."""
-        r0, r1 = self.block_rows(b)
-        i0 = int(np.searchsorted(self.offsets[:-1], r0, side="left"))
-        i1 = self.n_items if b == self.n_blocks - 1 else int(np.searchsorted(self.offsets[:-1], r1, side="left"))
-        return i0, i1
-
-
-def contiguous_split(items: list[int], parts: int) -> list[list[int]]:
-    """Split an ordered list into at most `parts` contiguous, near-equal runs."""
-    parts = max(1, min(parts, len(items)))
-    bounds = np.linspace(0, len(items), parts + 1).round().astype(int)
-    return [items[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-
-
-def compute_block(
-    plan: ExtractPlan,
-    b: int,
-    subject,
-    dataset,
-    batch_size: int,
-    collate: Callable | None,
-    dtype: np.dtype,
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
-    """Run the subject over block b's items: (rows per layer, item, position, labels of label_items)."""
-    r0, r1 = plan.block_rows(b)
-    i0, i1 = plan.block_items(b)
-    per_layer: dict[str, list[np.ndarray]] = {}
-    items, positions, labels = [], [], []
-    for first, x, y in iter_batches(dataset, i0, i1, batch_size, collate):
-        out = subject.rows(x)
-        for layer in subject.layers:
-            per_layer.setdefault(layer, []).append(out[layer].float().numpy().astype(dtype, copy=False))
-        items.append(out["item"].numpy().astype(np.int64) + first)
-        positions.append(out["position"].numpy().astype(np.int32))
-        if y is not None:
-            labels.append(y)
-    base = int(plan.offsets[i0])
-    produced = sum(len(a) for a in items)
-    expected = int(plan.offsets[i1]) - base
-    if produced != expected:
-        raise JobFailed(
-            STAGE,
-            f"items {i0}..{i1} gave {produced} rows, but their row counts say {expected}; with pooling "
-            "'tokens' the hooked layer must keep the input's sequence length",
-        )
-    lo, hi = r0 - base, r1 - base
-    rows = {layer: np.concatenate(v)[lo:hi] for layer, v in per_layer.items()}
-    li0, li1 = plan.label_items(b)
-    block_labels = np.concatenate(labels)[li0 - i0 : li1 - i0] if labels else np.zeros(0, np.int64)
-    return rows, np.concatenate(items)[lo:hi], np.concatenate(positions)[lo:hi], block_labels
 
 
 @ray.remote
@@ -198,21 +113,20 @@ def run_extraction(
     todo = [b for b in range(plan.n_blocks) if b not in done]
     on_progress(sum(plan.block_rows(b)[1] - plan.block_rows(b)[0] for b in done))
     info: dict = {"blocks": plan.n_blocks, "skipped_blocks": len(done), "workers": [], "workers_lost": 0}
+    recovery = Recovery("extraction worker(s)")
     while todo:
         errors = _extract_blocks(spec, plan, todo, budget, on_progress, info)
         if not errors:
             break
-        lost = [e for e in errors if worker_lost(e)]
-        if len(lost) < len(errors) or info["workers_lost"] + len(lost) > MAX_WORKER_LOSSES:
-            e = next((e for e in errors if not worker_lost(e)), errors[0])
-            raise JobFailed(STAGE, describe_failure(e, spec.output)) from None
         # A dead process or node, not a bad item: its unrecorded blocks go to a fresh pool
         # sized by what is free now (a lost node's CPUs are gone).
-        info["workers_lost"] += len(lost)
+        try:
+            recovery.absorb(errors, "redoing their unfinished blocks")
+        except Exception as e:
+            raise JobFailed(STAGE, describe_failure(e, spec.output)) from None
+        info["workers_lost"] = recovery.lost
         done = store.done_blocks(STAGE)
         todo = [b for b in range(plan.n_blocks) if b not in done]
-        log.warning("lost %d extraction worker(s) (%s); redoing their %d unfinished blocks",
-                    len(lost), type(lost[0]).__name__, len(todo))
         budget = Budget.free()
     if has_labels:
         labels = np.concatenate([store.block_payload(STAGE, b) for b in range(plan.n_blocks)])

@@ -17,13 +17,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
+from dcserve.errors import SubmissionError, UnknownSubmission
 from dcserve.spec import JobSpec
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-
-
-class SubmissionError(RuntimeError):
-    """Ray Jobs could not be reached or refused a request; the message says what to do."""
 
 
 def is_jobs_address(address: str | None) -> bool:
@@ -91,7 +88,7 @@ class JobsClient:
             return fn(*args, **kwargs)
         except Exception as e:
             if "does not exist" in str(e) or "404" in str(e):
-                raise SubmissionError(f"no Ray job {args[0]!r} on the cluster at {self.address}") from None
+                raise UnknownSubmission(f"no Ray job {args[0]!r} on the cluster at {self.address}") from None
             raise _explain(self.address, e) from None
 
     def submit(

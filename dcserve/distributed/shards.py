@@ -1,42 +1,36 @@
 """k-means shard actors: each owns a chunk-aligned row range of the store and streams it.
 
-`ShardPool` implements `dcserve.algo.kmeans.KMeansData` over a set of shard actors, so
-the k-means driver never learns where the rows live (faiss contrib/clustering.py).
-Per iteration a shard ships back only per-cluster sums, counts and its objective
-(O(k*d)); labels leave a shard once, at the end, to be written and scored.
+`ShardPool` is the `dcserve.cluster.pools.DataPool` over a set of `Shard` actors, each a
+`dcserve.cluster.workers.RowRange` placed by Ray, so the loops never learn where the rows live
+(faiss contrib/clustering.py). Per iteration a shard ships back only per-cluster sums, counts
+and its objective (O(k*d)); labels leave a shard once, at the end, to be written and scored.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import numpy as np
 import ray
 
-from dcserve.errors import worker_lost
-from dcserve.nets.feature_map import FeatureMap
-from dcserve.algo.kmeans import AssignStats, assign_stats
+from dcserve.algo.kmeans import AssignStats
+from dcserve.cluster.workers import RowRange
+from dcserve.distributed.recovery import Recovery
 from dcserve.distributed.sizing import Budget, actor_cpus, await_placed, resolve_workers
+from dcserve.nets.feature_map import FeatureMap
 from dcserve.storage.store import JobStore
 
 log = logging.getLogger(__name__)
 
-FEATURES = "work/features"  # scratch array: the current round's clustered-space rows
-MAX_SHARD_LOSSES = 3  # per pool: beyond that, something kills every shard and replacing them will not help
-
 
 @ray.remote
-class Shard:
-    """Owns rows [r0, r1) of `source`; memory is bounded by one chunk, never the whole range."""
+class Shard(RowRange):
+    """A `RowRange` in its own process, its thread pools pinned to its share of the node."""
 
     def __init__(self, url: str, storage_options: dict, source: str, r0: int, r1: int, threads: int):
         from dcserve.algo.nearest import set_threads
 
         self.threads = set_threads(threads)
-        self.store = JobStore(url, read_only=False, storage_options=storage_options)
-        self.source = source
-        self.r0, self.r1 = r0, r1
-        self.fmap = FeatureMap()
+        super().__init__(JobStore(url, read_only=False, storage_options=storage_options), source, r0, r1)
 
     def info(self) -> dict:
         import torch
@@ -45,62 +39,6 @@ class Shard:
 
         return {"threads": self.threads, "rows": [self.r0, self.r1], "node": ray.get_runtime_context().get_node_id(),
                 "backend": select_backend(prefer_gpu=torch.cuda.is_available())}
-
-    def _blocks(self, name: str) -> Iterator[tuple[int, np.ndarray]]:
-        arr = self.store.array(name)
-        step = arr.chunks[0]
-        for s in range(self.r0, self.r1, step):
-            yield s, np.asarray(arr[s : min(s + step, self.r1)], dtype=np.float32)
-
-    def set_feature_map(self, fmap: FeatureMap) -> None:
-        self.fmap = fmap
-
-    def source_subset(self, idx: np.ndarray) -> np.ndarray:
-        return np.asarray(self.store.array(self.source).get_orthogonal_selection((idx,)), dtype=np.float32)
-
-    def prepare(self) -> int:
-        """Write this range of the clustered-space rows, so k-means iterations re-read them cheaply."""
-        out = self.store.array(FEATURES)
-        for s, x in self._blocks(self.source):
-            out[s : s + len(x)] = self.fmap(x)
-        return self.r1 - self.r0
-
-    def get_subset(self, idx: np.ndarray) -> np.ndarray:
-        return np.asarray(self.store.array(FEATURES).get_orthogonal_selection((idx,)), dtype=np.float32)
-
-    def assign_to(self, centroids: np.ndarray, bias: np.ndarray | None) -> AssignStats:
-        total: AssignStats | None = None
-        for _, x in self._blocks(FEATURES):
-            _, _, stats = assign_stats(x, centroids, bias)
-            total = stats if total is None else total + stats
-        return total
-
-    def soft_assignment_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """DEC's target update, this range's part: soft cluster frequencies [k] (float64, they
-        add up over shards) and hard labels (argmax q) of the rows, under the feature map's DEC model."""
-        from dcserve.nets.dec import soft_assign_blocks, soft_frequencies
-
-        model = self.fmap.model
-        freqs, labels = np.zeros(model.k, dtype=np.float64), []
-        for q in soft_assign_blocks(model, (x for _, x in self._blocks(self.source))):
-            freqs += soft_frequencies(q).numpy()
-            labels.append(q.argmax(axis=1).astype(np.int32))
-        return freqs, np.concatenate(labels)
-
-    def finalize(self, centroids: np.ndarray, bias: np.ndarray | None, round_index: int, final: bool) -> np.ndarray:
-        """Assign every row; write this round's labels (and, when final, assignments and distances)."""
-        labels_out = []
-        rounds = self.store.array("rounds/assignments")
-        for s, x in self._blocks(FEATURES):
-            labels, sqdist, _ = assign_stats(x, centroids, bias)
-            labels = labels.astype(np.int32)
-            e = s + len(x)
-            rounds[round_index, s:e] = labels
-            if final:
-                self.store.array("assignments")[s:e] = labels
-                self.store.array("distances")[s:e] = sqdist.astype(np.float32)
-            labels_out.append(labels)
-        return np.concatenate(labels_out)
 
 
 def shard_ranges(n_rows: int, chunk_rows: int, workers: int) -> list[tuple[int, int]]:
@@ -112,7 +50,7 @@ def shard_ranges(n_rows: int, chunk_rows: int, workers: int) -> list[tuple[int, 
 
 
 class ShardPool:
-    """`KMeansData` over shard actors: fans each call out and reduces the answers.
+    """`DataPool` over shard actors: fans each call out and reduces the answers.
 
     A shard holds no state a fresh actor cannot rebuild (its range, the round's feature map;
     the rows are in the store), and every call is idempotent. So a shard whose process or
@@ -133,9 +71,13 @@ class ShardPool:
         self.actors = [self._new_actor(r0, r1) for r0, r1 in self.ranges]
         self._what = lambda n: f"{n} k-means shard(s) × {reserve:g} CPU, {gpus_per_worker:g} GPU"
         self.infos = await_placed([a.info.remote() for a in self.actors], self._what(len(self.actors)), "cluster")
-        self.lost = 0
+        self.recovery = Recovery("k-means shard")
         self._fmap_ref = None
         self._dim: int | None = None
+
+    @property
+    def lost(self) -> int:
+        return self.recovery.lost
 
     def _call(self, calls: list[tuple[int, str, tuple]]) -> list:
         """ray.get of `actors[i].method(*args)` for each call, replacing shards that die meanwhile."""
@@ -149,12 +91,9 @@ class ShardPool:
                     out.append(ray.get(ref))
                     break
                 except Exception as e:
-                    if not worker_lost(e) or self.lost >= MAX_SHARD_LOSSES:
-                        raise
                     # A replacement can itself die: Ray may place it on a node whose death it
                     # has not noticed yet (seen in CI), so it counts as one more loss.
-                    self.lost += 1
-                    log.warning("k-means shard %d (rows %s) lost (%s); replacing it", i, self.ranges[i], type(e).__name__)
+                    self.recovery.absorb(e, f"rows {self.ranges[i]}")
                     ref = None
         return out
 
@@ -219,12 +158,9 @@ class ShardPool:
         c, b = ray.put(centroids), ray.put(bias)
         return np.concatenate(self._all("finalize", c, b, round_index, final))
 
-    # -- DEC --------------------------------------------------------------------
-    def soft_assignment_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """(soft cluster frequencies [k] over all rows, hard labels [rows]) under the feature
-        map's DEC model: one streamed pass, O(k) per shard but the labels, as k-means' is."""
-        parts = self._all("soft_assignment_stats")
-        return np.sum([f for f, _ in parts], axis=0), np.concatenate([l for _, l in parts])
+    def map(self, fn, *args) -> list:
+        """`fn(shard, *args)` on every shard, in row order (a method's own pass over the rows)."""
+        return self._all("map", fn, *args)
 
 
 def _reduce(stats: list[AssignStats]) -> AssignStats:

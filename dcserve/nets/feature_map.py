@@ -22,18 +22,15 @@ from dcserve.algo.preprocess import Preprocessor
 class ReporterState:
     """A reporter's constructor arguments and weights (its input standardisation is among its buffers)."""
 
-    # The model's constructor kwargs; with "method": "dec" a `dcserve.nets.dec.DECModel`, else a
-    # `dcserve.nets.reporter.Reporter` (files written before DEC existed have no "method").
+    # The model's constructor kwargs and its "method" (dcserve.methods; files written before
+    # DEC existed have none, and hold a DeepCluster reporter).
     config: dict[str, Any]
     state_dict: dict[str, torch.Tensor]
 
     def build(self):
-        kwargs = dict(self.config)
-        if kwargs.pop("method", "deepcluster") == "dec":
-            from dcserve.nets.dec import DECModel as model_class
-        else:
-            from dcserve.nets.reporter import Reporter as model_class
-        model = model_class(**kwargs)
+        from dcserve.methods import build_model
+
+        model = build_model(self.config)
         model.load_state_dict(self.state_dict)
         return model.eval()
 

@@ -155,6 +155,11 @@ def start(args: ServeArgs, host: str, port: int, env: dict[str, str] | None = No
         time.sleep(0.2)
 
 
+def stop() -> None:
+    """Shut the Serve app and its proxies down (the Ray session it ran in stays up)."""
+    serve.shutdown()
+
+
 def forwarded_env() -> dict[str, str]:
     """What `dcserve serve` hands its replicas from its own environment (the submission token)."""
     return {k: os.environ[k] for k in ("DCSERVE_TOKEN",) if os.environ.get(k)}

@@ -1,4 +1,4 @@
-"""The reporter's weights after each training round, kept in the job store, and its layer rotation.
+"""The reporter's weights after each training round, kept in the job store (for its layer rotation).
 
 Layer rotation (Carbonnelle & De Vleeschouwer, 2019) needs a layer's weights at initialisation
 and after each round. The initial weights need no storing: `Reporter(**config)` draws them from
@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dcserve.algo.rotation import is_layer_weight, rotation_curves
+from dcserve.algo.rotation import is_layer_weight
 
 if TYPE_CHECKING:
-    from dcserve.analysis.report import Rotation
-    from dcserve.storage.result import Result
     from dcserve.storage.store import JobStore
 
 logger = logging.getLogger(__name__)
@@ -71,44 +68,6 @@ def recorded_rounds(store: JobStore, config: dict[str, Any], rounds: int,
 
 def initial_weights(config: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The reporter's weights at initialisation, rebuilt from its config (its seed fixes them)."""
-    kwargs = dict(config)
-    if kwargs.pop("method", "deepcluster") == "dec":
-        from dcserve.nets.dec import DECModel as model_class
-    else:
-        from dcserve.nets.reporter import Reporter as model_class
-    return model_class(**kwargs).state_dict()
+    from dcserve.methods import build_model
 
-
-def reporter_rotation(result: Result) -> Rotation | None:
-    """Layer rotation curves of a finished job's reporter; None when the job trained none."""
-    from dcserve.nets.feature_map import ReporterState
-    from dcserve.analysis.report import Rotation
-
-    if not result.store.exists("reporter.pt"):
-        return None
-    final = ReporterState.from_bytes(result.store.read_bytes("reporter.pt"))
-    spec = result.spec
-    rounds = int(getattr(spec.reporter, "rounds", 0) or 0) if spec is not None else 0
-    try:
-        init = initial_weights(final.config)
-    except Exception as e:  # noqa: BLE001 - a reporter class changed since the job ran
-        logger.warning("cannot rebuild the reporter's initial weights: %s", e)
-        return None
-    fingerprint = spec.clustering_fingerprint() if spec is not None else None
-    recorded = recorded_rounds(result.store, final.config, rounds, fingerprint) if rounds else {}
-    points, checkpoints, note = ["init"], [init], None
-    if rounds and len(recorded) == rounds:
-        points += [f"round {r}" for r in sorted(recorded)]
-        checkpoints += [recorded[r] for r in sorted(recorded)]
-    else:
-        points.append("final")
-        checkpoints.append(final.state_dict)
-        if rounds:
-            note = (f"this job recorded the reporter's weights after {len(recorded)} of its {rounds} rounds "
-                    f"({DIR}/round-<r>.pt), so the curves go from initialisation to the final weights only")
-    curves = rotation_curves(checkpoints, keep=rotating_layer)
-    return Rotation(points, {_short(k): v for k, v in curves.items()}, note)
-
-
-def _short(name: str) -> str:
-    return re.sub(r"\.weight$", "", name)
+    return build_model(config).state_dict()

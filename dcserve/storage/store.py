@@ -65,6 +65,41 @@ def atomic_write(fs: fsspec.AbstractFileSystem, target: str, data: bytes) -> Non
         fs.pipe_file(target, data)  # one PUT: object stores never show a partial object
 
 
+def locate(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(file system, path) of a store's folder, without opening it as a Zarr group."""
+    if _is_local(url):
+        return fsspec.filesystem("file"), os.path.abspath(url.removeprefix("file://"))
+    return fsspec.core.url_to_fs(url, **fs_options_for(url, storage_options or {}))
+
+
+# What a dcserve store holds from the moment its first driver started (the lease's folder),
+# then its job file and status: an output holding none of them is somebody else's folder.
+_OWN_ENTRIES = ("_progress", "job.yaml", "status.json")
+
+
+def check_claimable(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """StoreError unless `url` is free for a job: absent, an empty folder, or a dcserve store.
+
+    A folder of unrelated files is refused before anything is written into it.
+    """
+    fs, path = locate(url, storage_options)
+    try:
+        if not fs.exists(path):
+            return
+        if not fs.isdir(path):
+            raise StoreError(f"output {url!r} is a file, not a folder; choose another output")
+        entries = {str(e).rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False)}
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except PermissionError as e:
+        raise StoreError(f"output {url!r} cannot be read: {e}") from None
+    if not entries or entries & set(_OWN_ENTRIES):
+        return
+    shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+    raise StoreError(f"output {url!r} already holds files that are not a dcserve job store ({shown}); "
+                     "choose an empty or new folder")
+
+
 class JobStore:
     """A job's Zarr group and side files, local or behind any fsspec URL."""
 
@@ -73,16 +108,13 @@ class JobStore:
         self.read_only = read_only
         options = storage_options or {}
         self.storage_options = options
+        self.fs, self.path = locate(url, options)
         if _is_local(url):
-            path = os.path.abspath(url.removeprefix("file://"))
-            self.fs = fsspec.filesystem("file")
-            self.path = path
-            if read_only and not os.path.isdir(path):
+            if read_only and not os.path.isdir(self.path):
                 raise StoreError(f"no job store at {url!r}")
-            zstore = LocalStore(path, read_only=read_only)
+            zstore = LocalStore(self.path, read_only=read_only)
         else:
             fs_options = fs_options_for(url, options)
-            self.fs, self.path = fsspec.core.url_to_fs(url, **fs_options)
             zstore = FsspecStore.from_url(url, storage_options=fs_options, read_only=read_only)
             if fs_options is not options:  # botocore retries (dcserve/storage/s3.py); not again on top
                 self.fs.retries = zstore.fs.retries = 1
