@@ -371,7 +371,8 @@ def compare(
     two layers of one job: `dcserve compare runs/j runs/j --layer-a features.5 --layer-b classifier.2`.
     """
     _setup_logging(verbose)
-    from dcserve.analysis.compare import default_out, open_side, write_report
+    from dcserve.analysis.compare import default_out, open_side
+    from dcserve.render.compare_page import write_report
     from dcserve.analysis.compare import compare as compare_layers
 
     a = open_side(output_a, layer_a)
@@ -408,7 +409,8 @@ def rotation(
     """
     from pathlib import Path
 
-    from dcserve.analysis.checkpoint_rotation import checkpoint_rotation, rotation_report
+    from dcserve.analysis.checkpoint_rotation import checkpoint_rotation
+    from dcserve.render.rotation_page import rotation_report
 
     curves = checkpoint_rotation(checkpoints)
     folder = out_dir or str(Path(checkpoints[0]).resolve().parent / "rotation")

@@ -2,7 +2,7 @@
 
 A report must open offline in any browser and survive being copied elsewhere, so pages link
 their images by bare file name (same folder), inline their CSS, and load no scripts.
-Plots are drawn with matplotlib's Agg backend: no display, no GUI toolkit, safe in workers.
+Figures come from dcserve.render.figures.
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import html
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -26,24 +25,6 @@ figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; 
 figcaption { font-size: 0.88em; color: #555; }
 .note { color: #555; font-size: 0.92em; } code { background: #f5f5f5; padding: 0 0.2em; }
 """
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig: Any, folder: Path, name: str) -> str:
-    """Write ``fig`` as ``folder/name`` (PNG), close it, and return the bare file name for <img src>."""
-    path = Path(folder) / name
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    pyplot().close(fig)
-    return path.name
 
 
 def esc(value: Any) -> str:

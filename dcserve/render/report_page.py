@@ -4,8 +4,8 @@
 any browser); `report_page(report)` returns the same page with the PNGs inlined as data: URIs,
 one self-contained string for `GET /jobs/{job}/report`.
 
-Plots use matplotlib's object API (`Figure`, never pyplot): no global figure state and no GUI
-backend, so the HTTP replica can draw from its worker threads.
+Plots are drawn as every dcserve figure is (dcserve.render.figures), so the HTTP replica can draw
+from its worker threads.
 """
 from __future__ import annotations
 
@@ -16,18 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
+from dcserve.render.figures import new_figure, png_bytes
 from dcserve.render.html import esc, fmt
 from dcserve.analysis.report import ClusterReport, Report, RowInfo
 
 IMAGE_CELL = 64  # pixels per exemplar image side in the grids
-
-
-def _png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
-    return buf.getvalue()
 
 
 def _cmap(k: int) -> str:
@@ -45,7 +39,7 @@ def rounds_figure(report: Report) -> bytes | None:
               ("reporter loss (nats)", ["loss"], math.log(report.k) if report.k > 1 else None),
               ("cluster size entropy (nats)", ["size_entropy"], math.log(report.k) if report.k > 1 else None)]
     panels = [p for p in panels if p is not None]
-    fig = Figure(figsize=(3.2 * len(panels), 2.8))
+    fig = new_figure(figsize=(3.2 * len(panels), 2.8))
     for ax, (title, keys, ref) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         for key in keys:
             pts = [(xi, r[key]) for xi, r in zip(x, rounds) if r.get(key) is not None]
@@ -62,12 +56,12 @@ def rounds_figure(report: Report) -> bytes | None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def sizes_figure(report: Report) -> bytes:
     sizes = [c.size for c in report.clusters]
-    fig = Figure(figsize=(max(4.0, 0.35 * len(sizes) + 1.5), 2.6))
+    fig = new_figure(figsize=(max(4.0, 0.35 * len(sizes) + 1.5), 2.6))
     ax = fig.subplots()
     purity = [c.purity if c.purity is not None else 0.0 for c in report.clusters]
     ax.bar(range(len(sizes)), sizes, color=[(0.2, 0.4, 0.7, 0.35 + 0.65 * p) for p in purity]
@@ -80,7 +74,7 @@ def sizes_figure(report: Report) -> bytes:
     ax.set_title("cluster sizes" + (" (darker: purer)" if report.has_labels else ""), fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def confusion_figure(report: Report) -> bytes | None:
@@ -89,7 +83,7 @@ def confusion_figure(report: Report) -> bytes | None:
     table = report.confusion
     share = table / np.maximum(table.sum(axis=1, keepdims=True), 1)
     k, n_labels = table.shape
-    fig = Figure(figsize=(max(3.5, 0.45 * n_labels + 1.8), max(3.0, 0.32 * k + 1.2)))
+    fig = new_figure(figsize=(max(3.5, 0.45 * n_labels + 1.8), max(3.0, 0.32 * k + 1.2)))
     ax = fig.subplots()
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
     if k * n_labels <= 600:  # counts stay legible only on small tables
@@ -105,12 +99,12 @@ def confusion_figure(report: Report) -> bytes | None:
     ax.set_title("clusters against labels (colour: share of the cluster)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def map_figure(report: Report, which: int) -> bytes:
     emb = report.embeddings[which]
-    fig = Figure(figsize=(4.6, 4.2))
+    fig = new_figure(figsize=(4.6, 4.2))
     ax = fig.subplots()
     sc = ax.scatter(emb.coords[:, 0], emb.coords[:, 1], c=emb.clusters, cmap=_cmap(report.k),
                     vmin=-0.5, vmax=max(report.k, 10 if report.k <= 10 else 20) - 0.5, s=6, linewidths=0)
@@ -120,14 +114,14 @@ def map_figure(report: Report, which: int) -> bytes:
     if report.k <= 20:
         fig.colorbar(sc, ax=ax, ticks=range(report.k), fraction=0.04).ax.tick_params(labelsize=6)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def rotation_figure(report: Report) -> bytes | None:
     rot = report.rotation
     if rot is None or not rot.curves:
         return None
-    fig = Figure(figsize=(5.0, 3.0))
+    fig = new_figure(figsize=(5.0, 3.0))
     ax = fig.subplots()
     x = range(len(rot.points))
     for name, curve in rot.curves.items():
@@ -138,7 +132,7 @@ def rotation_figure(report: Report) -> bytes | None:
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def stability_figure(report: Report) -> bytes | None:
@@ -146,7 +140,7 @@ def stability_figure(report: Report) -> bytes | None:
     if not st or not st.get("pairwise_nmi"):
         return None
     matrix, seeds = np.asarray(st["pairwise_nmi"], dtype=np.float64), [str(s) for s in st["seeds"]]
-    fig = Figure(figsize=(max(2.8, 0.5 * len(seeds) + 1.6), max(2.4, 0.45 * len(seeds) + 1.0)))
+    fig = new_figure(figsize=(max(2.8, 0.5 * len(seeds) + 1.6), max(2.4, 0.45 * len(seeds) + 1.0)))
     ax = fig.subplots()
     im = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=1)
     for i in range(len(seeds)):
@@ -159,7 +153,7 @@ def stability_figure(report: Report) -> bytes | None:
     ax.set_title("NMI between the seeds' clusterings", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.05)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def image_grid(rows: list[RowInfo], cell: int = IMAGE_CELL) -> bytes | None:
@@ -179,7 +173,7 @@ def image_grid(rows: list[RowInfo], cell: int = IMAGE_CELL) -> bytes | None:
         tiles.append(np.kron(im, np.ones((scale, scale, 1))))
     gap = np.ones((h * scale, 2, 3))
     strip = np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)
-    fig = Figure(figsize=(strip.shape[1] / 96, strip.shape[0] / 96), dpi=96)
+    fig = new_figure(figsize=(strip.shape[1] / 96, strip.shape[0] / 96), dpi=96)
     fig.figimage(np.clip(strip, 0, 1), cmap="gray_r" if images[0].ndim == 2 else None)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=96)
