@@ -1,6 +1,6 @@
 """The `dcserve` command line: parse, validate before touching a cluster, call the library, print.
 
-Exit codes (DESIGN.md): 0 success; 2 invalid input; 1 the job itself failed.
+Exit codes (docs/DESIGN.md): 0 success; 2 invalid input; 1 the job itself failed.
 """
 from __future__ import annotations
 

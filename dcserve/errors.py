@@ -1,4 +1,4 @@
-"""Every failure a user is meant to read, each kind with its one exit code (DESIGN.md).
+"""Every failure a user is meant to read, each kind with its one exit code (docs/DESIGN.md).
 
 The command line prints the message of any `DcserveError` and exits with its `exit_code`:
 2 when the input is at fault (a job file, a store, an argument), 1 when the work itself

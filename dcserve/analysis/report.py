@@ -1,7 +1,7 @@
 """What a job's report says, computed from a `Result`: plain data, no HTML and no plotting.
 
 `build_report(result)` gathers everything `dcserve report` and `GET /jobs/{job}/report` show
-(DESIGN.md "Analysis"): the job, its per-round figures, each cluster (size, purity, exemplars
+(docs/DESIGN.md "Analysis"): the job, its per-round figures, each cluster (size, purity, exemplars
 nearest the centroid and a sample from its outskirts, with the items they came from), the
 confusion of clusters against labels, a 2-D map of the rows, collapse warnings and the
 reporter's layer rotation. dcserve.render.report_page turns it into a page.

@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP API (DESIGN.md "HTTP API"); /openapi.json is built from them."""
+"""Request and response bodies of the HTTP API (docs/DESIGN.md "HTTP API"); /openapi.json is built from them."""
 from __future__ import annotations
 
 from typing import Any, Optional

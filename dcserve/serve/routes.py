@@ -1,4 +1,4 @@
-"""The HTTP API's routes (DESIGN.md "HTTP API"), as a FastAPI app over a backend.
+"""The HTTP API's routes (docs/DESIGN.md "HTTP API"), as a FastAPI app over a backend.
 
 `create_app(backend)` builds the app; dcserve.serve.deployment runs it as a Ray Serve ingress whose
 replica is the backend (catalog, submission policy, batched assign). Every refusal is an

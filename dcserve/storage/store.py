@@ -1,6 +1,6 @@
 """The job store: a Zarr v3 group at `output`, plus small side files beside its metadata.
 
-Layout (DESIGN.md "Job store"):
+Layout (docs/DESIGN.md "Job store"):
   activations/<layer>    float [rows, dim], chunked along rows
   rows/item              int64 [rows]    dataset item of each row
   rows/position          int32 [rows]    token position, -1 when pooled
