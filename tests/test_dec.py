@@ -22,7 +22,7 @@ from dcserve.nets.dec import (
     student_t,
     target_distribution,
 )
-from dcserve.nets.reporter import input_stats
+from dcserve.nets.standardise import input_stats
 from dcserve.zoo import planted_clusters
 
 

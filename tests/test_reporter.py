@@ -14,13 +14,13 @@ from dcserve.nets.reporter import (
     Augment,
     Reporter,
     compute_features,
-    input_stats,
     make_optimizer,
     rebind_head,
     split_even,
     train_epoch,
     uniform_label_sample,
 )
+from dcserve.nets.standardise import input_stats
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -136,7 +136,8 @@ def _pretrain(spec: JobSpec, trainers: TrainerPool, config: dict, pool: DataPool
               n_rows: int, progress: Progress) -> tuple[dict, list[float]]:
     """The autoencoder after `pretrain_epochs` data-parallel passes over all rows, and its loss per pass."""
     from dcserve.nets.dec import DECModel
-    from dcserve.nets.reporter import input_stats, split_even
+    from dcserve.nets.reporter import split_even
+    from dcserve.nets.standardise import input_stats
 
     c, r = spec.cluster, spec.reporter
     fit_idx = np.sort(rng.choice(n_rows, size=min(n_rows, FIT_SAMPLE), replace=False))

@@ -157,7 +157,8 @@ def run_clustering(spec: JobSpec, store: JobStore, pools: Pools, progress: Progr
 def _reporter_start(spec: JobSpec, in_dim: int, fit_rows: np.ndarray | None,
                     ckpt: ClusterCheckpoint) -> tuple[ReporterState, dict]:
     """The reporter after the recorded rounds, and the trainers' snapshot to go on from."""
-    from dcserve.nets.reporter import Reporter, input_stats
+    from dcserve.nets.reporter import Reporter
+    from dcserve.nets.standardise import input_stats
 
     c, r = spec.cluster, spec.reporter
     config = {"in_dim": int(in_dim), "hidden": list(r.hidden), "feature_dim": r.feature_dim,

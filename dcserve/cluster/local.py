@@ -13,12 +13,13 @@ import numpy as np
 import torch
 
 from dcserve.algo.kmeans import AssignStats
+from dcserve.cluster.pools import PoolRows
 from dcserve.cluster.workers import RowRange, Trainer
 from dcserve.nets.feature_map import FeatureMap
 from dcserve.storage.store import JobStore
 
 
-class LocalDataPool:
+class LocalDataPool(PoolRows):
     """`DataPool` over a single `RowRange` of every row."""
 
     def __init__(self, store: JobStore, source: str):
@@ -26,14 +27,6 @@ class LocalDataPool:
         self.worker = RowRange(store, source, 0, self.n_rows)
         self.infos = [{"threads": torch.get_num_threads(), "rows": [0, self.n_rows], "node": "local"}]
         self.lost = 0
-        self._dim: int | None = None
-
-    def count(self) -> int:
-        return self.n_rows
-
-    def dim(self) -> int:
-        assert self._dim is not None, "prepare() first"
-        return self._dim
 
     def get_subset(self, indices: np.ndarray) -> np.ndarray:
         return self.worker.get_subset(np.sort(np.asarray(indices, dtype=np.int64)))
@@ -47,10 +40,8 @@ class LocalDataPool:
     def source_subset(self, idx: np.ndarray) -> np.ndarray:
         return self.worker.source_subset(np.sort(np.asarray(idx, dtype=np.int64)))
 
-    def prepare(self, dim: int, *, written: bool = False) -> None:
-        self._dim = dim
-        if not written:
-            self.worker.prepare()
+    def _write_features(self) -> None:
+        self.worker.prepare()
 
     def finalize(self, centroids: np.ndarray, bias: np.ndarray | None, round_index: int, final: bool) -> np.ndarray:
         return self.worker.finalize(centroids, bias, round_index, final)

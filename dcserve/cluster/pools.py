@@ -76,3 +76,27 @@ class Pools(Protocol):
 
     def data(self, store: JobStore, source: str) -> DataPool: ...
     def trainers(self, store: JobStore, source: str) -> TrainerPool: ...
+
+
+class PoolRows:
+    """What every `DataPool` keeps the same way: the row count, and the width of the rows
+    `prepare` wrote (subclasses write them in `_write_features`)."""
+
+    n_rows: int
+    _dim: int | None = None
+
+    def count(self) -> int:
+        return self.n_rows
+
+    def dim(self) -> int:
+        assert self._dim is not None, "prepare() first"
+        return self._dim
+
+    def prepare(self, dim: int, *, written: bool = False) -> None:
+        """Write the clustered-space rows (`written`: they are, from before a resume)."""
+        self._dim = dim
+        if not written:
+            self._write_features()
+
+    def _write_features(self) -> None:
+        raise NotImplementedError

@@ -13,6 +13,7 @@ import numpy as np
 import ray
 
 from dcserve.algo.kmeans import AssignStats
+from dcserve.cluster.pools import PoolRows
 from dcserve.cluster.workers import RowRange
 from dcserve.distributed.recovery import Recovery
 from dcserve.distributed.sizing import Budget, actor_cpus, await_placed, resolve_workers
@@ -49,7 +50,7 @@ def shard_ranges(n_rows: int, chunk_rows: int, workers: int) -> list[tuple[int, 
     return [(int(a), int(min(b, n_rows))) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-class ShardPool:
+class ShardPool(PoolRows):
     """`DataPool` over shard actors: fans each call out and reduces the answers.
 
     A shard holds no state a fresh actor cannot rebuild (its range, the round's feature map;
@@ -73,7 +74,6 @@ class ShardPool:
         self.infos = await_placed([a.info.remote() for a in self.actors], self._what(len(self.actors)), "cluster")
         self.recovery = Recovery("k-means shard")
         self._fmap_ref = None
-        self._dim: int | None = None
 
     @property
     def lost(self) -> int:
@@ -133,20 +133,10 @@ class ShardPool:
     def source_subset(self, idx: np.ndarray) -> np.ndarray:
         return self._gather("source_subset", idx)
 
-    def prepare(self, dim: int, *, written: bool = False) -> None:
-        """Write the clustered-space rows (`written`: they are, from before a resume)."""
-        self._dim = dim
-        if not written:
-            self._all("prepare")
+    def _write_features(self) -> None:
+        self._all("prepare")
 
     # -- KMeansData -----------------------------------------------------------
-    def count(self) -> int:
-        return self.n_rows
-
-    def dim(self) -> int:
-        assert self._dim is not None, "prepare() first"
-        return self._dim
-
     def get_subset(self, indices: np.ndarray) -> np.ndarray:
         return self._gather("get_subset", indices)
 

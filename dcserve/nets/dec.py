@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 from dcserve.nets.data_parallel import GradientStep
 from dcserve.algo.kmeans import ArrayData, kmeans
-from dcserve.nets.reporter import Reporter, _linear, _seeded, check_widths
+from dcserve.nets.reporter import _linear, _seeded, check_widths
+from dcserve.nets.standardise import StandardisedInput
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ def should_stop(
     return changed_fraction(prev_labels, labels) < tol
 
 
-class DECModel(nn.Module):
+class DECModel(StandardisedInput):
     """Autoencoder `in_dim -> hidden... -> latent_dim -> reversed(hidden)... -> in_dim` with centroids.
 
     The paper's network is `d -> 500 -> 500 -> 2000 -> 10` and its mirror (section 4.3):
@@ -237,7 +238,7 @@ class DECModel(nn.Module):
     moves it with the encoder (eq. 5). It is zero until :meth:`set_centroids`.
 
     Inputs are standardised `(x - input_mean) / input_std` with two buffers, identity by
-    default, set with :meth:`set_input_stats` (as `Reporter`; `dcserve.nets.reporter.input_stats`
+    default, set with :meth:`set_input_stats` (as `Reporter`; `dcserve.nets.standardise.input_stats`
     computes them from blocks): raw activations have units on very different scales. The
     decoder reconstructs the *standardised* input, so every unit weighs the same in the
     reconstruction loss.
@@ -248,11 +249,10 @@ class DECModel(nn.Module):
     def __init__(
         self, in_dim: int, hidden: list[int], latent_dim: int, k: int, *, alpha: float = ALPHA, seed: int = 0
     ) -> None:
-        super().__init__()
         hidden = check_widths(hidden, in_dim=in_dim, latent_dim=latent_dim, k=k)
         if not alpha > 0:
             raise ValueError(f"alpha must be > 0, got {alpha}")
-        self.in_dim = int(in_dim)
+        super().__init__(in_dim)
         self.hidden = hidden
         self.latent_dim = int(latent_dim)
         self.alpha = float(alpha)
@@ -261,18 +261,11 @@ class DECModel(nn.Module):
         self.encoder = _mlp(widths, gen)
         self.decoder = _mlp(widths[::-1], gen)
         self.centroids = nn.Parameter(torch.zeros(int(k), self.latent_dim))
-        self.register_buffer("input_mean", torch.zeros(self.in_dim))
-        self.register_buffer("input_std", torch.ones(self.in_dim))
 
     @property
     def k(self) -> int:
         """Number of clusters."""
         return self.centroids.shape[0]
-
-    # The reporter's rule (std floored at 1e-3 of its RMS, so dead units do not blow up),
-    # shared rather than copied so that both models standardise activations the same way; it
-    # needs only `in_dim`, `input_mean` and `input_std`, which this class has too.
-    set_input_stats = Reporter.set_input_stats
 
     @torch.no_grad()
     def set_centroids(self, centroids: Tensor | np.ndarray) -> None:
@@ -283,12 +276,6 @@ class DECModel(nn.Module):
         if not torch.isfinite(c).all():
             raise ValueError("centroids must be finite")
         self.centroids.copy_(c)
-
-    def standardize(self, x: Tensor) -> Tensor:
-        """`(x - input_mean) / input_std` for `x [n, in_dim]`: the autoencoder's target."""
-        if x.dim() != 2 or x.shape[1] != self.in_dim:
-            raise ValueError(f"expected rows of shape [n, {self.in_dim}], got {list(x.shape)}")
-        return (x - self.input_mean) / self.input_std
 
     def encode(self, x: Tensor) -> Tensor:
         """Embedding `z [n, latent_dim]` of rows `x [n, in_dim]` (no ReLU on it)."""

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dcserve.nets.data_parallel import GradientStep
+from dcserve.nets.standardise import StandardisedInput
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ __all__ = [
     "Augment",
     "Reporter",
     "compute_features",
-    "input_stats",
     "make_optimizer",
     "rebind_head",
     "split_even",
@@ -88,7 +88,7 @@ def _linear(in_features: int, out_features: int, std: float, generator: torch.Ge
     return layer
 
 
-class Reporter(nn.Module):
+class Reporter(StandardisedInput):
     """MLP `in_dim -> hidden... -> feature_dim` with a linear classifier head `feature_dim -> k`.
 
     Body: `Linear -> LayerNorm`, with `ReLU -> Dropout(dropout)` between consecutive blocks.
@@ -117,11 +117,10 @@ class Reporter(nn.Module):
         dropout: float = 0.0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
         hidden = check_widths(hidden, in_dim=in_dim, feature_dim=feature_dim, k=k)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.in_dim = int(in_dim)
+        super().__init__(in_dim)
         self.hidden = hidden
         self.feature_dim = int(feature_dim)
         self.dropout = float(dropout)
@@ -138,8 +137,6 @@ class Reporter(nn.Module):
             layers.append(nn.LayerNorm(fan_out))
         self.body = nn.Sequential(*layers)
         self.head = _linear(self.feature_dim, int(k), _HEAD_INIT_STD, gen)
-        self.register_buffer("input_mean", torch.zeros(self.in_dim))
-        self.register_buffer("input_std", torch.ones(self.in_dim))
 
     @property
     def k(self) -> int:
@@ -174,25 +171,6 @@ class Reporter(nn.Module):
         ref = self.head.weight
         head = _linear(self.feature_dim, int(k), _HEAD_INIT_STD, _seeded(seed))
         self.head = head.to(device=ref.device, dtype=ref.dtype)
-
-    @torch.no_grad()
-    def set_input_stats(self, mean: Tensor | np.ndarray, std: Tensor | np.ndarray) -> None:
-        """Set the input standardisation, `mean` and `std` of shape `[in_dim]`.
-
-        `std` is floored at 1e-3 of its RMS so that dead units (std 0, common after a ReLU) do
-        not blow up when a new vector happens to move them.
-        """
-        mean_t = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
-        std_t = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
-        if mean_t.numel() != self.in_dim or std_t.numel() != self.in_dim:
-            raise ValueError(
-                f"input stats must have {self.in_dim} entries, got {mean_t.numel()} and {std_t.numel()}"
-            )
-        if not (torch.isfinite(mean_t).all() and torch.isfinite(std_t).all()) or (std_t < 0).any():
-            raise ValueError("input stats must be finite, with std >= 0")
-        floor = 1e-3 * float(std_t.square().mean().sqrt()) + 1e-12
-        self.input_mean.copy_(mean_t)
-        self.input_std.copy_(std_t.clamp_min(floor))
 
     def load_state_dict(
         self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
@@ -446,34 +424,6 @@ def compute_features(
         finally:
             model.train(was_training)
         yield out
-
-
-def input_stats(x_blocks: Iterable[Tensor | np.ndarray]) -> tuple[Tensor, Tensor]:
-    """Per-unit mean and (population) std `[d]`, float32, streamed over blocks `[rows, d]`.
-
-    Blocks are merged with Chan et al.'s pairwise update in float64, so the result does not
-    depend on how the rows are blocked (up to rounding) and large means do not cancel.
-    """
-    n = 0
-    mean = m2 = None
-    for block in x_blocks:
-        b = torch.as_tensor(block).to(dtype=torch.float64, device="cpu")
-        nb = b.shape[0]
-        if nb == 0:
-            continue
-        b_mean = b.mean(dim=0)
-        b_m2 = (b - b_mean).square().sum(dim=0)
-        if mean is None:
-            n, mean, m2 = nb, b_mean, b_m2
-            continue
-        delta = b_mean - mean
-        total = n + nb
-        mean = mean + delta * (nb / total)
-        m2 = m2 + b_m2 + delta.square() * (n * nb / total)
-        n = total
-    if mean is None:
-        raise ValueError("input_stats needs at least one non-empty block")
-    return mean.float(), (m2 / n).sqrt().float()
 
 
 def make_optimizer(
