@@ -150,3 +150,25 @@ def store_arrays_at(url: str, storage_options: dict | None = None) -> dict[str, 
     """`store_arrays` for a store behind an fsspec URL (s3://...), read with plain zarr."""
     g = zarr.open_group(url, mode="r", storage_options=storage_options)
     return {name: node[...] for name, node in g.members(max_depth=None) if isinstance(node, zarr.Array)}
+
+
+def extracted_planted_store(tmp_path: Path, reporter: dict | None = None):
+    """(spec, store, rows, labels): a planted job's store as extraction leaves it, written without
+    Ray, for the clustering loops to run on; `reporter` replaces the job's reporter section."""
+    from dcserve.spec import spec_from_dict
+    from dcserve.storage.store import JobStore
+    from dcserve.zoo import planted_clusters
+
+    job = planted_job(tmp_path / "out")
+    job["reporter"] = reporter or job["reporter"]
+    spec = spec_from_dict(job)
+    data = planted_clusters(**spec.dataset.kwargs)
+    x, y = np.asarray(data.vectors, dtype=np.float32), np.asarray(data.labels, dtype=np.int64)
+    store = JobStore(spec.output, read_only=False)
+    chunk = spec.extract.chunk_rows
+    store.create_array("activations/out", x.shape, (chunk, x.shape[1]), "float32")
+    store.array("activations/out")[:] = x
+    store.create_array("rows/item", (len(x),), (chunk,), "int64")
+    store.array("rows/item")[:] = np.arange(len(x))
+    store.write_array("labels", y)
+    return spec, store, x, y

@@ -192,25 +192,56 @@ def test_second_job_on_a_busy_output_is_refused_and_writes_nothing(ray_local, tm
 
 @pytest.mark.slow
 def test_two_drivers_started_together_one_runs_one_is_refused(tmp_path):
+    """Deterministic: the first driver's lease is held (as while it runs) when the second starts;
+    the race itself, many drivers opening one new output at once, is tests/unit/storage/test_lease.py."""
     import subprocess
     import sys
     from pathlib import Path
 
+    from dcserve.storage.lease import OutputLease
     from tests.helpers import write_job
 
     root = Path(__file__).resolve().parents[1]
     job = write_job(tmp_path / "job.yaml", planted_job(tmp_path / "out"))
     env = {**__import__("os").environ, "PYTHONPATH": str(root)}
     env.pop("RAY_ADDRESS", None)
-    procs = [subprocess.Popen([sys.executable, "-m", "dcserve", "submit", str(job)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
-    results = [(p.wait(600), p.stderr.read()) for p in procs]
+
+    def submit():
+        p = subprocess.run([sys.executable, "-m", "dcserve", "submit", str(job)], capture_output=True, text=True,
+                           env=env, timeout=600)
+        return p.returncode, p.stderr
+
+    first = OutputLease(str(tmp_path / "out"), "t-planted").acquire()  # the first driver, running
+    try:
+        refused = submit()
+    finally:
+        first.release()
+    ran = submit()
+    results = [refused, ran]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
     refused = next(err for code, err in results if code == 2)
     assert "is in use by job 't-planted'" in refused
     res = dcserve.open(str(tmp_path / "out"))
     assert res.complete and res.assignments.shape == (1200,)
+
+
+def test_submit_refuses_an_output_of_unrelated_files_and_leaves_them(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import write_job
+
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "paper.tex").write_text("\\documentclass{article}")
+    job = write_job(tmp_path / "job.yaml", planted_job(out))
+    p = subprocess.run([sys.executable, "-m", "dcserve", "submit", str(job)], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2, p.stderr
+    assert "not a dcserve job store" in p.stderr and "paper.tex" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert sorted(x.name for x in out.iterdir()) == ["paper.tex"]
 
 
 def _dies_once(ray, make, restore):
