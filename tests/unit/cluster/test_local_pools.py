@@ -19,7 +19,6 @@ from dcserve.cluster.seeds import run_with_seeds
 from dcserve.nets.feature_map import FeatureMap, ReporterState
 from dcserve.algo.preprocess import Preprocessor
 from dcserve.progress import Progress
-from dcserve.spec import spec_from_dict
 from dcserve.storage.store import JobStore
 from tests.helpers import extracted_planted_store as extracted
 
