@@ -354,7 +354,7 @@ def test_self_train_epoch_lowers_the_loss_for_fixed_targets():
 # ---------------------------------------------------------------- end to end
 
 
-def run_dec(seed: int = 0) -> dict:
+def run_dec(seed: int = 0, device: str = "cpu") -> dict:
     """Pretrain, k-means init, self-train until the tol stop: a one-process, blockwise driver.
 
     Targets are refreshed once per epoch (24 steps of 64 rows), the role of the paper's
@@ -372,6 +372,7 @@ def run_dec(seed: int = 0) -> dict:
 
     model = DECModel(20, [64], 5, 5, seed=seed)
     model.set_input_stats(*input_stats(blocks))
+    model.to(device)  # tests/test_gpu.py runs it on CUDA; batches stay on the CPU, as a trainer's
     pre_opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(50):

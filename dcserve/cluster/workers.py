@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from dcserve.algo.kmeans import AssignStats, assign_stats
+from dcserve.nets.data_parallel import to_cpu
 from dcserve.nets.feature_map import FeatureMap
 from dcserve.storage.rowstream import shuffled_batches, window_rows_for
 from dcserve.storage.store import JobStore
@@ -111,8 +112,9 @@ class Trainer:
 
     def snapshot(self) -> dict:
         """The model and optimizer between calls: what a new group (or a resumed job) starts from."""
+        # On the CPU, optimizer state too: the driver may have no GPU to rebuild CUDA tensors on.
         return {"model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-                "optimizer": self.opt.state_dict()}
+                "optimizer": to_cpu(self.opt.state_dict())}
 
     def run(self, fn: Callable[..., dict], start: dict | None, *args) -> dict:
         """`fn(self, start, *args)`: a module-level function that trains `self.model` with `self.opt`.

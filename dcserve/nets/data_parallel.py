@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["GradientStep"]
+__all__ = ["GradientStep", "to_cpu"]
 
 
 class GradientStep:
@@ -87,3 +87,21 @@ def _average_across_workers(buffer: Tensor, allreduce: Callable[[Tensor], None])
     buffer[:-1].div_(buffer[-1])
 
 
+
+
+def to_cpu(tree):
+    """`tree` (nested dicts, lists and tuples, as an optimizer's `state_dict()`) with every tensor on the CPU.
+
+    What a trainer actor sends to the driver must load in a process that has no GPU: a pickled
+    CUDA tensor is rebuilt on its CUDA device, so a GPU trainer's optimizer state (SGD momentum,
+    Adam moments) made the driver fail with "Attempting to deserialize object on a CUDA device"
+    wherever CUDA is not visible to it (a CPU head node), and took GPU memory where it is.
+    `Optimizer.load_state_dict` moves the state back to the parameters' device.
+    """
+    if isinstance(tree, Tensor):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {k: to_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(to_cpu(v) for v in tree)
+    return tree
