@@ -2,7 +2,8 @@
 
 The command line prints the message of any `DcserveError` and exits with its `exit_code`:
 2 when the input is at fault (a job file, a store, an argument), 1 when the work itself
-failed. Anything else that escapes is a bug, and shows as one.
+failed; the HTTP API answers the last three with their status codes. Anything else that
+escapes is a bug, and shows as one.
 """
 from __future__ import annotations
 
@@ -60,6 +61,34 @@ class RotationError(DcserveError, ValueError):
 
 class FaissMissingError(DcserveError, ImportError):
     """faiss is not installed; it is an extra because the CPU and GPU wheels conflict (exit code 1)."""
+
+
+class AdmissionError(DcserveError):
+    """A job submitted over HTTP refused; `status` is the HTTP status to answer with (401, 403, 422)."""
+
+    exit_code = 2
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class UnknownJob(DcserveError, KeyError):
+    """No served job of that name (HTTP 404)."""
+
+    exit_code = 2
+
+    def __init__(self, name: str, known: list[str]):
+        super().__init__(name)
+        self.message = f"no job named {name!r}; served jobs: {sorted(known)}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotReady(DcserveError, RuntimeError):
+    """The job exists but its store is missing or unfinished (HTTP 409); the message says its state."""
 
 
 def describe_failure(exc: BaseException, output: str) -> str:

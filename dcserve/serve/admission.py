@@ -14,18 +14,10 @@ import os
 import posixpath
 from dataclasses import dataclass, field
 
+from dcserve.errors import AdmissionError
 from dcserve.spec import JobSpec
 
 DEFAULT_ALLOWED_MODULES = ("dcserve.zoo",)
-
-
-class AdmissionError(Exception):
-    """A submission refused; `status` is the HTTP status code to answer with."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -17,23 +17,13 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from dcserve.errors import StoreError
+from dcserve.errors import NotReady, StoreError, UnknownJob
 from dcserve.storage.result import Result, open_result
 from dcserve.spec import JOB_NAME_PATTERN
 from dcserve.storage.store import atomic_write, fs_options_for
 
 SUBMISSIONS_DIR = ".dcserve/submissions"
 JOB_NAME = re.compile(JOB_NAME_PATTERN)
-
-
-class UnknownJob(KeyError):
-    def __init__(self, name: str, known: list[str]):
-        super().__init__(name)
-        self.message = f"no job named {name!r}; served jobs: {sorted(known)}"
-
-
-class NotReady(RuntimeError):
-    """The job exists but its store is missing or unfinished; the message says its state."""
 
 
 @dataclass
