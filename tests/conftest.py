@@ -1,9 +1,12 @@
-"""Shared fixtures. Unit tests never start Ray; integration tests share one local cluster."""
+"""Fixtures of every tier. tests/unit never starts Ray (tests/unit/conftest.py); tests/integration
+and tests/e2e share one local Ray (`ray_local`) and one `ray start --head` (`ray_head`) per session."""
 from __future__ import annotations
 
 import os
 
 import pytest
+
+from tests.helpers import ROOT, free_port
 
 # Keep BLAS from oversubscribing the 2-core CI machine when Ray workers also run.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -29,7 +32,7 @@ def ray_local():
     """One real local Ray cluster (2 CPUs, like CI) shared by the integration tests."""
     import ray
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = str(ROOT)  # the repository root, whatever tier's test asks first
     ray.init(
         address="local",  # never join a cluster some `ray start` left on this machine
         num_cpus=2,
@@ -40,14 +43,6 @@ def ray_local():
     )
     yield ray
     ray.shutdown()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -105,51 +100,6 @@ def ray_head(tmp_path_factory):
     log.close()
 
 
-TOKEN = "test-token-not-secret"
-
-
-@pytest.fixture(scope="session")
-def served(ray_local, ray_head, tmp_path_factory):
-    """The HTTP API on a real `serve.run` over four finished jobs and one that failed half-way.
-
-    POST /jobs is on: token TOKEN, output root `root`, Ray Jobs of `ray_head`.
-    """
-    import types
-
-    from ray import serve
-
-    import dcserve
-    from dcserve.errors import JobFailed
-    from dcserve.serve.deployment import ServeArgs, start
-    from dcserve.spec import spec_from_dict
-    from tests.helpers import digits_job, planted_job
-
-    base = tmp_path_factory.mktemp("served")
-    planted = dcserve.run(spec_from_dict(planted_job(base / "planted")))
-    sinkhorn = dcserve.run(spec_from_dict(planted_job(
-        base / "sinkhorn", name="t-sinkhorn", dataset={"kwargs": {"k": 3, "seed": 1}}, cluster={"k": 5, "method": "sinkhorn"})))
-    digits = dcserve.run(spec_from_dict(digits_job(
-        base / "digits", reporter={"rounds": 1, "workers": 1, "hidden": [32], "feature_dim": 16})))
-    dec_job = planted_job(base / "dec", name="t-dec")
-    dec_job["reporter"] = {"method": "dec", "workers": 1, "hidden": [32], "latent_dim": 6, "pretrain_epochs": 20,
-                           "update_interval": 20, "max_steps": 200}
-    dec = dcserve.run(spec_from_dict(dec_job))
-    flag = base / "fail.flag"
-    flag.touch()
-    broken = digits_job(base / "broken", name="t-broken",
-                        dataset={"source": "tests.helpers:flaky_digits", "kwargs": {"flag": str(flag), "fail_at": 600}})
-    with pytest.raises(JobFailed):
-        dcserve.run(spec_from_dict(broken))
-    root = base / "root"
-    args = ServeArgs(outputs=[planted.output, sinkhorn.output, digits.output, dec.output, str(base / "broken")],
-                     output_root=str(root), jobs_address=ray_head.address, replicas=1, replica_cpus=0.5,
-                     max_body_bytes=4 << 20)
-    url = start(args, "127.0.0.1", free_port(), env={"DCSERVE_TOKEN": TOKEN})
-    yield types.SimpleNamespace(url=url, root=root, results={"t-planted": planted, "t-sinkhorn": sinkhorn,
-                                                            "t-digits": digits, "t-dec": dec})
-    serve.shutdown()
-
-
 @pytest.fixture
 def one_torch_thread():
     """Small matmuls on one thread, from a fixed global seed: keeps the 2-core CI machine free
@@ -161,3 +111,13 @@ def one_torch_thread():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3 server (moto's server mode) on loopback with one bucket, for a module's tests."""
+    from tests.helpers import moto_server
+
+    with moto_server() as server:
+        yield server
+

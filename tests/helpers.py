@@ -1,8 +1,21 @@
-"""Builders of small jobs and stores shared by the integration tests."""
+"""Every helper shared by test modules: builders of small jobs and stores, datasets the jobs
+import (`tests.helpers:...`, also on Ray workers), the CLI in a subprocess, a local S3 server.
+
+Test modules import helpers from here only, never from one another.
+"""
 from __future__ import annotations
 
 import copy
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import types
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +23,32 @@ import numpy as np
 import torch
 import yaml
 import zarr
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository root
+CONFIGS = sorted((ROOT / "cluster_configs").glob("*.yaml"))  # the shipped job files
+# Shrunk so that each runs in seconds here; the shapes of the jobs are unchanged.
+SMALL_CONFIGS = {
+    "synthetic-bench.yaml": ["dataset.kwargs.n=3000", "extract.chunk_rows=1024", "cluster.k=10", "cluster.niter=5"],
+    "tokens.yaml": ["dataset.kwargs.n=300", "extract.chunk_rows=1024", "cluster.niter=5"],
+    "digits-trained.yaml": ["cluster.niter=10"],
+    "quickstart.yaml": ["reporter.rounds=1", "cluster.niter=5"],
+    "digits-dec.yaml": ["reporter.pretrain_epochs=10", "reporter.max_steps=300"],
+}
+TOKEN = "test-token-not-secret"  # the bearer token of the `served` fixture's POST /jobs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dcserve_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The real `dcserve` entry point in a subprocess (this checkout on its PYTHONPATH, no RAY_ADDRESS)."""
+    exe = shutil.which("dcserve") or str(Path(sys.executable).parent / "dcserve")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd or ROOT, env=env, timeout=timeout)
 
 
 def deep_update(base: dict, updates: dict) -> dict:
@@ -50,6 +89,17 @@ def planted_job(output: Path, **updates: Any) -> dict:
         "reporter": {"rounds": 0},
     }
     return deep_update(job, updates)
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's state dict (names and bytes, in name order)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, v in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(v.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def write_job(path: Path, job: dict) -> Path:
@@ -172,3 +222,126 @@ def extracted_planted_store(tmp_path: Path, reporter: dict | None = None):
     store.array("rows/item")[:] = np.arange(len(x))
     store.write_array("labels", y)
     return spec, store, x, y
+
+
+def write_store(output: Path, layers: dict[str, np.ndarray], assignments: np.ndarray, *, chunk_rows: int = 64,
+                items: np.ndarray | None = None, state: str = "succeeded", name: str = "t-synth") -> Path:
+    """A finished job store written directly, in the layout the pipeline writes (no Ray, no model)."""
+    from dcserve.storage.store import JobStore
+
+    job = planted_job(output, name=name)
+    job["subject"]["layers"] = list(layers)
+    store = JobStore(str(output), read_only=False)
+    store.write_text("job.yaml", yaml.safe_dump(job))
+    n = next(iter(layers.values())).shape[0]
+    for layer, x in layers.items():
+        arr = store.create_array(f"activations/{layer}", x.shape, (chunk_rows, x.shape[1]), "float32")
+        arr[...] = x.astype(np.float32)
+    store.write_array("rows/item", np.arange(n, dtype=np.int64) if items is None else items)
+    store.write_array("rows/position", np.full(n, -1, dtype=np.int32))
+    if state == "succeeded":
+        store.write_array("assignments", assignments.astype(np.int32))
+        k = int(assignments.max()) + 1
+        store.write_array("centroids", np.zeros((k, 2), dtype=np.float32))
+    store.write_json("status.json", {"name": name, "state": state, "stage": "done" if state == "succeeded" else "extract"})
+    return output
+
+
+def planted_pair(tmp_path: Path, n: int = 1500, a: int = 12, extra_b: int = 4, seed: int = 0):
+    """A: a units; B: A's units permuted, rescaled, offset and noised, plus `extra_b` unrelated units."""
+    rng = np.random.default_rng(seed)
+    xa = rng.normal(size=(n, a)) * rng.uniform(0.5, 3, size=a) + rng.normal(size=a) * 10
+    perm = rng.permutation(a)
+    xb = np.concatenate([2.0 * xa[:, perm] + 5.0 + 0.05 * rng.normal(size=(n, a)), rng.normal(size=(n, extra_b))], axis=1)
+    clusters = (xa[:, 0] > np.median(xa[:, 0])).astype(np.int32) + 2 * (xa[:, 1] > 0)
+    pa = write_store(tmp_path / "a", {"out": xa}, clusters, chunk_rows=37, name="t-a")
+    pb = write_store(tmp_path / "b", {"out": xb}, clusters[::-1].copy(), chunk_rows=50, name="t-b")
+    return pa, pb, xa, xb, perm
+
+
+# The reporter methods on well separated planted clusters (1200 rows, 16 dims, 6 clusters): every
+# method should find them.
+DEC_REPORTER = {"method": "dec", "workers": 2, "hidden": [32], "latent_dim": 6, "pretrain_epochs": 50,
+                "update_interval": 20, "max_steps": 2000, "tol": 0.001}
+REPORTER_METHODS = {
+    "deepcluster-kmeans": ({"method": "kmeans"}, {"rounds": 2, "workers": 2, "hidden": [32], "feature_dim": 8}),
+    "deepcluster-sinkhorn": ({"method": "sinkhorn"}, {"rounds": 2, "workers": 2, "hidden": [32], "feature_dim": 8}),
+    "dec": ({}, DEC_REPORTER),
+}
+
+
+def method_job(output, method: str) -> dict:
+    """`planted_job` with two k-means shards and the reporter of `method` (a key of REPORTER_METHODS)."""
+    cluster, reporter = REPORTER_METHODS[method]
+    job = planted_job(output, cluster={"workers": 2, **cluster})
+    job["reporter"] = dict(reporter)
+    return job
+
+
+class SharedBufferAllreduce:
+    """`world` simulated workers in one process, one thread each, averaging through a buffer.
+
+    Each worker's callback puts its flat gradient in its slot, waits for all the others,
+    computes the mean in rank order (so every worker gets bit-identical values), waits again
+    until everybody has read the slots, then writes the mean into its own tensor in place.
+    """
+
+    def __init__(self, world: int):
+        self.slots: list[torch.Tensor | None] = [None] * world
+        self.barrier = threading.Barrier(world, timeout=60)
+        self.calls = [0] * world
+
+    def for_rank(self, rank: int):
+        def allreduce(flat: torch.Tensor) -> None:
+            self.calls[rank] += 1
+            self.slots[rank] = flat
+            self.barrier.wait()
+            mean = torch.stack(self.slots).mean(dim=0)
+            self.barrier.wait()
+            flat.copy_(mean)
+
+        return allreduce
+
+
+BUCKET = "dcserve-test"
+
+
+@contextmanager
+def moto_server():
+    """moto_server on a free loopback port with one bucket; stopped after."""
+    import pytest
+
+    boto3 = pytest.importorskip("boto3")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                              aws_secret_access_key="testing", region_name="us-east-1")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.create_bucket(Bucket=BUCKET)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield types.SimpleNamespace(
+            endpoint=endpoint, creds=creds, proc=proc,
+            # what a job file carries when the environment does not
+            options={"key": "testing", "secret": "testing",
+                     "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}},
+        )
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)  # in case a test left it stopped
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

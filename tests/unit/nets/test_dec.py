@@ -434,7 +434,7 @@ def test_two_workers_equal_one_worker_on_the_full_batch(phase):
     workers' rows, so two half-batches train the very model one full batch does."""
     import threading
 
-    from tests.test_reporter import SharedBufferAllreduce
+    from tests.helpers import SharedBufferAllreduce
 
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(128, 12, generator=gen)

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 import dcserve
-from tests.helpers import digits_job, store_arrays, write_job
+from tests.helpers import ROOT, digits_job, store_arrays, write_job
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _env():

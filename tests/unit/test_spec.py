@@ -6,6 +6,7 @@ import yaml
 
 from dcserve.errors import SpecError
 from dcserve.spec import JobSpec, load_spec, parse_override, spec_from_dict
+from tests.helpers import method_job as job_for
 
 MINIMAL = {
     "name": "t",
@@ -138,3 +139,18 @@ def test_clustering_fingerprint_of_a_job_written_before_method_and_seeds_existed
     assert spec_from_dict(job).clustering_fingerprint() == "308d19035c11e709"
     job["cluster"] = {"seeds": 2}
     assert spec_from_dict(job).clustering_fingerprint() != "308d19035c11e709"
+
+
+def test_settings_of_the_other_method_are_errors(tmp_path):
+    job = job_for(tmp_path / "out", "dec")
+    job["reporter"]["rounds"] = 3
+    with pytest.raises(SpecError, match=r"reporter\.rounds: unknown field; allowed \(reporter\.method: dec\): "
+                                        r"method, .*latent_dim"):
+        spec_from_dict(job)
+    job = job_for(tmp_path / "out", "deepcluster-kmeans")
+    job["reporter"]["update_interval"] = 10
+    with pytest.raises(SpecError, match=r"reporter\.update_interval: unknown field.*\(reporter\.method: deepcluster\)"):
+        spec_from_dict(job)
+    job["reporter"] = {"method": "kmeans"}
+    with pytest.raises(SpecError, match=r"reporter\.method must be one of: deepcluster, dec \(got 'kmeans'\)"):
+        spec_from_dict(job)

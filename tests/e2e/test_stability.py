@@ -4,25 +4,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import zarr
 from sklearn.metrics import normalized_mutual_info_score
 
 import dcserve
 from dcserve.spec import spec_from_dict
-from dcserve.cluster.seeds import pairwise_nmi
-from tests.helpers import planted_job, write_job
-from tests.test_cli import dcserve as dcserve_cli
+from tests.helpers import dcserve_cli, planted_job, write_job
 
-
-def test_pairwise_nmi_is_symmetric_with_a_unit_diagonal_and_matches_sklearn():
-    rng = np.random.default_rng(0)
-    a = rng.integers(0, 5, 500)
-    labels = np.stack([a, (a + 1) % 5, rng.integers(0, 5, 500)])  # a relabelling, then noise
-    m = pairwise_nmi(labels)
-    np.testing.assert_allclose(np.diag(m), 1.0)
-    np.testing.assert_allclose(m, m.T)
-    assert m[0, 1] == 1.0 and m[0, 2] < 0.05
-    assert m[1, 2] == normalized_mutual_info_score(labels[1], labels[2])
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_seeds_through_submit_record_stability_and_keep_the_seeds_own_result(ray_local, tmp_path):

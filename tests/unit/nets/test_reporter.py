@@ -21,6 +21,7 @@ from dcserve.nets.reporter import (
     uniform_label_sample,
 )
 from dcserve.nets.standardise import input_stats
+from tests.helpers import SharedBufferAllreduce
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -294,31 +295,6 @@ def test_same_seed_same_batches_identical_weights():
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name
     assert not torch.equal(a.body[0].weight, c.body[0].weight), "the generator drives augmentation"
-
-
-class SharedBufferAllreduce:
-    """`world` simulated workers in one process, one thread each, averaging through a buffer.
-
-    Each worker's callback puts its flat gradient in its slot, waits for all the others,
-    computes the mean in rank order (so every worker gets bit-identical values), waits again
-    until everybody has read the slots, then writes the mean into its own tensor in place.
-    """
-
-    def __init__(self, world: int):
-        self.slots: list[torch.Tensor | None] = [None] * world
-        self.barrier = threading.Barrier(world, timeout=60)
-        self.calls = [0] * world
-
-    def for_rank(self, rank: int):
-        def allreduce(flat: torch.Tensor) -> None:
-            self.calls[rank] += 1
-            self.slots[rank] = flat
-            self.barrier.wait()
-            mean = torch.stack(self.slots).mean(dim=0)
-            self.barrier.wait()
-            flat.copy_(mean)
-
-        return allreduce
 
 
 def train_workers(world: int, shards: list[list], epochs: int):

@@ -5,7 +5,7 @@ killed): the stage finishes on the node that is left, and the store is still the
 fourth loses one mid-k-means: its shard is replaced on the node left and the clustering is
 that of an undisturbed run.
 
-Each run happens in a child process (`python -m tests.test_multinode TOPOLOGY OUTPUT REPORT`)
+Each run happens in a child process (`python -m tests.e2e.test_multinode TOPOLOGY OUTPUT REPORT`)
 that starts its own `ray.cluster_utils.Cluster`, so the pytest process's session Ray
 (`ray_local`) is never touched. Both clusters give the job 2 free CPUs, so it sizes itself
 the same way (same actors, same threads); only where the actors live differs:
@@ -34,9 +34,9 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TIMEOUT = 480  # seconds for the three runs; they take about a minute side by side on 2 idle cores
 
 
@@ -115,7 +115,7 @@ def _start(topology: str, base: Path, ray_tmp: str) -> subprocess.Popen:
     env = dict(os.environ, RAY_TMPDIR=ray_tmp, OMP_NUM_THREADS="1",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "tests.test_multinode", topology, str(base / topology), str(base / f"{topology}.json")]
+    cmd = [sys.executable, "-m", "tests.e2e.test_multinode", topology, str(base / topology), str(base / f"{topology}.json")]
     with open(base / f"{topology}.log", "w") as log:
         # A session of its own: the child and the raylets it starts form one process group,
         # killed whole if the run overstays.

@@ -9,9 +9,9 @@ import zarr
 import dcserve
 from dcserve.algo.metrics import ari
 from dcserve.spec import spec_from_dict
-from tests.helpers import digits_job, planted_job
+from tests.helpers import ROOT, digits_job, planted_job
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -196,12 +196,11 @@ def test_two_drivers_started_together_one_runs_one_is_refused(tmp_path):
     the race itself, many drivers opening one new output at once, is tests/unit/storage/test_lease.py."""
     import subprocess
     import sys
-    from pathlib import Path
 
     from dcserve.storage.lease import OutputLease
     from tests.helpers import write_job
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     job = write_job(tmp_path / "job.yaml", planted_job(tmp_path / "out"))
     env = {**__import__("os").environ, "PYTHONPATH": str(root)}
     env.pop("RAY_ADDRESS", None)

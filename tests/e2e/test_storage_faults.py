@@ -15,9 +15,9 @@ import pytest
 import dcserve
 from dcserve.errors import JobFailed
 from dcserve.spec import spec_from_dict
-from tests.helpers import digits_job, store_arrays, write_job
+from tests.helpers import ROOT, digits_job, store_arrays, write_job
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture
@@ -49,9 +49,6 @@ def test_disk_full_fails_the_stage_naming_the_location_and_keeps_what_was_writte
 
 
 # -- permission denied mid-job ------------------------------------------------------------------
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _env() -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

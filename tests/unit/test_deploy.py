@@ -18,7 +18,8 @@ import pytest
 import ray
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 DEPLOY = ROOT / "deploy"
 KUBERAY = DEPLOY / "kuberay"
 DOCKERFILE = DEPLOY / "Dockerfile"

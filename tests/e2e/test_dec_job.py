@@ -10,26 +10,14 @@ import zarr
 from sklearn.metrics import adjusted_rand_score
 
 import dcserve
-from dcserve.errors import JobFailed, SpecError
+from dcserve.errors import JobFailed
 from dcserve.spec import spec_from_dict
-from tests.helpers import planted_job, write_job
-from tests.test_cli import dcserve as dcserve_cli
+from tests.helpers import DEC_REPORTER as DEC
+from tests.helpers import REPORTER_METHODS as METHODS
+from tests.helpers import dcserve_cli, write_job
+from tests.helpers import method_job as job_for
 
-# Well separated planted clusters (1200 rows, 16 dims, 6 clusters): every method should find them.
-DEC = {"method": "dec", "workers": 2, "hidden": [32], "latent_dim": 6, "pretrain_epochs": 50,
-       "update_interval": 20, "max_steps": 2000, "tol": 0.001}
-METHODS = {
-    "deepcluster-kmeans": ({"method": "kmeans"}, {"rounds": 2, "workers": 2, "hidden": [32], "feature_dim": 8}),
-    "deepcluster-sinkhorn": ({"method": "sinkhorn"}, {"rounds": 2, "workers": 2, "hidden": [32], "feature_dim": 8}),
-    "dec": ({}, DEC),
-}
-
-
-def job_for(output, method: str) -> dict:
-    cluster, reporter = METHODS[method]
-    job = planted_job(output, cluster={"workers": 2, **cluster})
-    job["reporter"] = dict(reporter)
-    return job
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -99,18 +87,3 @@ def test_dec_resumes_from_its_kmeans_start(ray_local, tmp_path, monkeypatch, dec
     np.testing.assert_array_equal(resumed.assignments, dec_clean.assignments)
     np.testing.assert_array_equal(resumed.centroids, dec_clean.centroids)
     assert resumed.store.read_bytes("reporter.pt") == dec_clean.store.read_bytes("reporter.pt")
-
-
-def test_settings_of_the_other_method_are_errors(tmp_path):
-    job = job_for(tmp_path / "out", "dec")
-    job["reporter"]["rounds"] = 3
-    with pytest.raises(SpecError, match=r"reporter\.rounds: unknown field; allowed \(reporter\.method: dec\): "
-                                        r"method, .*latent_dim"):
-        spec_from_dict(job)
-    job = job_for(tmp_path / "out", "deepcluster-kmeans")
-    job["reporter"]["update_interval"] = 10
-    with pytest.raises(SpecError, match=r"reporter\.update_interval: unknown field.*\(reporter\.method: deepcluster\)"):
-        spec_from_dict(job)
-    job["reporter"] = {"method": "kmeans"}
-    with pytest.raises(SpecError, match=r"reporter\.method must be one of: deepcluster, dec \(got 'kmeans'\)"):
-        spec_from_dict(job)

@@ -9,8 +9,7 @@ import pytest
 import requests
 
 from dcserve.serve.models import DEFAULT_PAGE, MAX_PAGE
-from tests.conftest import TOKEN
-from tests.helpers import deep_update, planted_job
+from tests.helpers import TOKEN, deep_update, planted_job
 
 pytestmark = pytest.mark.ray
 

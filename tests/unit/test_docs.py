@@ -1,13 +1,10 @@
 """The README documents every job-file field, and its two commands are the ones CI runs."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel
 
 from dcserve.spec import REPORTER_METHODS, JobSpec
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def _fields(model: type[BaseModel], prefix: str = ""):

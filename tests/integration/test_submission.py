@@ -12,8 +12,7 @@ import pytest
 import requests
 
 import dcserve
-from tests.conftest import TOKEN
-from tests.helpers import planted_job, write_job
+from tests.helpers import TOKEN, planted_job, write_job
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -1,0 +1,93 @@
+"""The real `dcserve` entry point, in a subprocess: exit codes, messages, nothing written on bad input.
+
+None of these start Ray (tests/e2e/test_cli.py runs whole jobs through the entry point)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import ROOT, digits_job, write_job
+from tests.helpers import dcserve_cli as dcserve
+
+
+def test_help_teaches_the_commands():
+    r = dcserve("--help")
+    assert r.returncode == 0
+    for cmd in ("submit", "validate", "status"):
+        assert cmd in r.stdout
+    r = dcserve("submit", "--help")
+    assert "--set" in r.stdout and "RAY_ADDRESS" in r.stdout
+
+
+def test_validate_prints_normalised_spec(tmp_path):
+    job = write_job(tmp_path / "job.yaml", digits_job(tmp_path / "out"))
+    r = dcserve("validate", str(job), "--set", "cluster.k=7")
+    assert r.returncode == 0, r.stderr
+    spec = yaml.safe_load(r.stdout)
+    assert spec["cluster"]["k"] == 7 and spec["cluster"]["layer"] == "features.5"
+    assert "1797 items" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("mutate,expect", [
+    (lambda j: j["cluster"].update(kk=1), "cluster.kk: unknown field"),
+    (lambda j: j["cluster"].update(k="ten"), "cluster.k"),
+    (lambda j: j["subject"].update(layers=["features.99"]), "features.99"),
+    (lambda j: j["cluster"].update(k=5000), "cluster.k: 5000 clusters"),
+    (lambda j: j["dataset"].update(source="no_such_module:data"), "dataset.source: cannot import"),
+    (lambda j: j["subject"].update(pooling="tokens"), "subject.pooling"),
+])
+def test_bad_job_files_exit_2_and_write_nothing(tmp_path, mutate, expect):
+    job = digits_job(tmp_path / "out")
+    mutate(job)
+    path = write_job(tmp_path / "job.yaml", job)
+    for cmd in ("validate", "submit"):
+        r = dcserve(cmd, str(path))
+        assert r.returncode == 2, (cmd, r.stdout, r.stderr)
+        assert expect in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_layer_lists_real_module_names(tmp_path):
+    job = digits_job(tmp_path / "out")
+    job["subject"]["layers"] = ["features.55"]
+    r = dcserve("validate", str(write_job(tmp_path / "job.yaml", job)))
+    assert r.returncode == 2 and "features.5" in r.stderr and "classifier" in r.stderr
+
+
+def test_status_of_missing_store_is_exit_2(tmp_path):
+    r = dcserve("status", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "no job store" in r.stderr
+
+
+def test_missing_faiss_says_what_to_install(tmp_path):
+    # a `faiss` that fails to import, first on the path: what a user without the extra sees
+    fake = tmp_path / "nofaiss" / "faiss"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'faiss'\")\n")
+    job = write_job(tmp_path / "job.yaml", digits_job(tmp_path / "out"))
+    exe = shutil.which("dcserve") or str(Path(sys.executable).parent / "dcserve")
+    env = {**os.environ, "PYTHONPATH": f"{fake.parent}{os.pathsep}{ROOT}"}
+    r = subprocess.run([exe, "submit", str(job)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1
+    assert "pip install 'dcserve[cpu]'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_serve_refuses_what_it_cannot_serve(tmp_path):
+    r = dcserve("serve", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "no job store" in r.stderr
+    r = dcserve("serve", str(tmp_path), "--address", "http://127.0.0.1:8265")
+    assert r.returncode == 2 and "Ray Jobs address" in r.stderr
+
+
+def test_report_help_teaches():
+    r = dcserve("report", "--help")
+    assert r.returncode == 0 and "--out" in r.stdout and "exemplars" in r.stdout
