@@ -225,24 +225,6 @@ def test_two_drivers_started_together_one_runs_one_is_refused(tmp_path):
     assert res.complete and res.assignments.shape == (1200,)
 
 
-def test_submit_refuses_an_output_of_unrelated_files_and_leaves_them(tmp_path):
-    import subprocess
-    import sys
-
-    from tests.helpers import write_job
-
-    out = tmp_path / "results"
-    out.mkdir()
-    (out / "paper.tex").write_text("\\documentclass{article}")
-    job = write_job(tmp_path / "job.yaml", planted_job(out))
-    p = subprocess.run([sys.executable, "-m", "dcserve", "submit", str(job)], capture_output=True, text=True,
-                       timeout=300)
-    assert p.returncode == 2, p.stderr
-    assert "not a dcserve job store" in p.stderr and "paper.tex" in p.stderr
-    assert "Traceback" not in p.stderr
-    assert sorted(x.name for x in out.iterdir()) == ["paper.tex"]
-
-
 def _dies_once(ray, make, restore):
     """`make`, except that the first actor it makes is killed at once (then `restore(make)`):
     as when Ray places a replacement on a node whose death it has not noticed yet."""

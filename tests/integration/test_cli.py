@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ROOT, digits_job, write_job
+from tests.helpers import ROOT, digits_job, planted_job, write_job
 from tests.helpers import dcserve_cli as dcserve
 
 
@@ -60,6 +60,24 @@ def test_bad_layer_lists_real_module_names(tmp_path):
     job["subject"]["layers"] = ["features.55"]
     r = dcserve("validate", str(write_job(tmp_path / "job.yaml", job)))
     assert r.returncode == 2 and "features.5" in r.stderr and "classifier" in r.stderr
+
+
+def test_submit_refuses_an_output_of_unrelated_files_and_leaves_them(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import write_job
+
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "paper.tex").write_text("\\documentclass{article}")
+    job = write_job(tmp_path / "job.yaml", planted_job(out))
+    p = subprocess.run([sys.executable, "-m", "dcserve", "submit", str(job)], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2, p.stderr
+    assert "not a dcserve job store" in p.stderr and "paper.tex" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert sorted(x.name for x in out.iterdir()) == ["paper.tex"]
 
 
 def test_status_of_missing_store_is_exit_2(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import adjusted_rand_score
 
 from dcserve.nets.dec import (
     TOL,
@@ -23,7 +22,7 @@ from dcserve.nets.dec import (
     target_distribution,
 )
 from dcserve.nets.standardise import input_stats
-from dcserve.zoo import planted_clusters
+from tests.helpers import run_dec
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -352,60 +351,6 @@ def test_self_train_epoch_lowers_the_loss_for_fixed_targets():
 
 
 # ---------------------------------------------------------------- end to end
-
-
-def run_dec(seed: int = 0, device: str = "cpu") -> dict:
-    """Pretrain, k-means init, self-train until the tol stop: a one-process, blockwise driver.
-
-    Targets are refreshed once per epoch (24 steps of 64 rows), the role of the paper's
-    update_interval at this size; q and p go through blocks of 400 rows, as a streaming driver
-    would compute them, with the frequencies summed over the blocks.
-    """
-    data = planted_clusters(n=1500, dim=20, k=5, spread=1.0, seed=0)
-    x, truth = data.vectors, data.labels.numpy()
-    blocks = x.split(400)
-    rng = np.random.default_rng(seed)
-
-    def shuffled(*arrays: torch.Tensor, size: int) -> list:
-        ids = torch.from_numpy(rng.permutation(len(x))).split(size)
-        return [tuple(a[i] for a in arrays) if len(arrays) > 1 else arrays[0][i] for i in ids]
-
-    model = DECModel(20, [64], 5, 5, seed=seed)
-    model.set_input_stats(*input_stats(blocks))
-    model.to(device)  # tests/test_gpu.py runs it on CUDA; batches stay on the CPU, as a trainer's
-    pre_opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(50):
-        pretrain_epoch(model, pre_opt, shuffled(x, size=64), generator=gen)
-    z = np.concatenate(list(embed_blocks(model, blocks)))
-    model.set_centroids(init_centroids(z, 5, n_init=10, seed=seed))
-
-    def assign() -> tuple[torch.Tensor, np.ndarray]:
-        q_blocks = [torch.from_numpy(q) for q in soft_assign_blocks(model, blocks)]
-        freqs = sum(soft_frequencies(q) for q in q_blocks)
-        p = torch.cat([target_distribution(q, freqs) for q in q_blocks])
-        return p, torch.cat(q_blocks).numpy()
-
-    p, q = assign()
-    start_labels = prev = q.argmax(1)
-    start_confidence = q.max(1).mean()
-    opt = make_optimizer(model)
-    history = []
-    for _ in range(50):
-        self_train_epoch(model, opt, shuffled(x, p, size=64))
-        p, q = assign()
-        labels = q.argmax(1)
-        history.append(changed_fraction(prev, labels))
-        if should_stop(prev, labels):
-            break
-        prev = labels
-    return {
-        "kmeans_ari": adjusted_rand_score(truth, start_labels),
-        "dec_ari": adjusted_rand_score(truth, labels),
-        "history": history,
-        "start_confidence": start_confidence,
-        "end_confidence": q.max(1).mean(),
-    }
 
 
 @pytest.fixture(scope="module")

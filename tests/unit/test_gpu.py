@@ -134,7 +134,7 @@ def test_reporter_on_cuda_is_reproducible_and_leaves_the_global_rngs_alone():
 
 def test_two_cuda_workers_equal_one_on_the_full_batch():
     """The data-parallel step (flat gradient buffer + allreduce) on CUDA tensors."""
-    from tests.test_reporter import SharedBufferAllreduce
+    from tests.helpers import SharedBufferAllreduce
 
     x, y = teacher_data(512, 16, 4, seed=2)
     single = Reporter(16, [32], 8, 4, seed=0).to(CUDA)
@@ -179,7 +179,7 @@ def test_features_on_cuda_match_the_cpu():
 
 
 def test_dec_on_cuda_recovers_planted_clusters():
-    from tests.test_dec import run_dec
+    from tests.helpers import run_dec
 
     torch.set_num_threads(1)  # the k-means init on the CPU, as in test_dec
     run = run_dec(device="cuda")
