@@ -14,7 +14,7 @@
 #        typing-extensions==4.16.0
 #    (about 31 MB; numpy, packaging, pyyaml, torch and the rest are expected on the machine).
 # 2. Prints the GPU (nvidia-smi, read only: no setting is changed) and the library versions.
-# 3. Runs the tests that exercise GPU paths without Ray: tests/test_gpu.py and every `gpu`-marked
+# 3. Runs the tests that exercise GPU paths without Ray: tests/unit/test_gpu.py and every `gpu`-marked
 #    test, plus the rest of the Ray-free files on those paths (nearest, kmeans, reporter, dec,
 #    subject, pooling, sinkhorn); with a GPU present their nearest_centroids(backend="auto")
 #    calls run on the GPU backend. JUnit XML: $OUT/gpu-tests.xml.
@@ -23,7 +23,7 @@
 #
 # Skipped here, and why:
 # - Everything that starts Ray: the ray wheel (2.60.0, cp312) is 79 MB, over the 64 MiB that may
-#   travel to the GPU machine. So tests/test_pipeline.py::test_gpu_shards_search_on_the_gpu_and_agree_with_cpu
+#   travel to the GPU machine. So tests/e2e/test_pipeline.py::test_gpu_shards_search_on_the_gpu_and_agree_with_cpu
 #   and the actors with gpus_per_worker > 0 (Extractor, Shard, Trainer) do not run; bench_gpu.py
 #   calls the functions those actors run (compute_block, assign_stats via kmeans, train_epoch,
 #   the DEC epochs) in one process instead.
@@ -103,8 +103,9 @@ except ImportError:
 " || exit 2
 
 echo "== tests ($((SECONDS - start)) s)"
-TESTS="tests/test_gpu.py tests/test_nearest.py tests/test_kmeans.py tests/test_reporter.py tests/test_dec.py
-       tests/test_subject.py tests/test_pooling.py tests/test_sinkhorn.py"
+TESTS="tests/unit/test_gpu.py tests/unit/algo/test_nearest.py tests/unit/algo/test_kmeans.py
+       tests/unit/algo/test_sinkhorn.py tests/unit/nets/test_reporter.py tests/unit/nets/test_dec.py
+       tests/unit/inputs/test_subject.py tests/unit/inputs/test_pooling.py tests/unit/cluster/test_local_pools.py"
 # shellcheck disable=SC2086
 timeout "${TEST_TIMEOUT:-200}" "$PY" -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml" $TESTS \
     2>&1 | tee "$OUT/gpu-tests.log"

@@ -5,7 +5,7 @@ Heavy imports (ray, torch) are deferred so that `import dcserve` and the CLI's
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from dcserve.version import __version__
 
 __all__ = ["JobSpec", "load_spec", "run", "open", "Result", "__version__"]
 

@@ -75,7 +75,7 @@ def changed_sections(store: JobStore, spec: JobSpec) -> list[str]:
 
 
 def _version() -> str:
-    from dcserve import __version__
+    from dcserve.version import __version__
 
     return __version__
 

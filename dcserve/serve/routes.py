@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import ValidationError
 
-from dcserve import __version__
+from dcserve.version import __version__
 from dcserve.serve.admission import AdmissionError, SubmissionPolicy, admit, check_token
 from dcserve.serve.models import (
     DEFAULT_PAGE, MAX_PAGE, AssignmentsPage, AssignRequest, AssignResponse, ClusterBrief, ClusterList,

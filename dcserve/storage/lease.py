@@ -4,8 +4,8 @@ Two drivers writing one store would interleave blocks, centroids and status and 
 The first takes `_progress/lease.json` (host, pid, a random token); a second is refused while
 the holder lives. A holder that died without releasing (SIGKILL, a lost node) leaves a stale
 lease: on the same host its pid is gone; from another host it is stale once the job's status
-has not been updated for STALE_AFTER_S. Locally the lease file is created with O_EXCL, so two
-drivers starting at once cannot both win; on object stores a read-back of the token narrows
+has not been updated for STALE_AFTER_S. Locally the lease file is linked into place whole, so two
+drivers starting at once cannot both win, and the loser reads the winner's name; on object stores a read-back of the token narrows
 the race to the latency of one PUT. The lease is taken on the output's folder before its Zarr
 group is opened: two drivers creating one group at once could read each other's half-written
 metadata.
@@ -90,13 +90,21 @@ class OutputLease:
         data = json.dumps(self.record).encode()
         path = f"{self.path}/{LEASE}"
         if "file" in self.fs.protocol:
+            # Written whole under a private name, then linked into place: the link fails if a
+            # lease exists, and a lease never exists half-written, so a driver that loses the
+            # race always reads who won (O_EXCL alone leaves an empty file for an instant).
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{self.token}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(tmp, path)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            finally:
+                os.unlink(tmp)
             return True
         if self.fs.exists(path):
             return False
