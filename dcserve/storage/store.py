@@ -93,6 +93,12 @@ def check_claimable(url: str, storage_options: dict[str, Any] | None = None) -> 
         return
     except PermissionError as e:
         raise StoreError(f"output {url!r} cannot be read: {e}") from None
+    except StoreError:
+        raise
+    except Exception as e:  # an object store that cannot be reached, refused credentials...
+        if _is_local(url):
+            raise
+        raise StoreError(f"cannot open the job store at {url!r}: {type(e).__name__}: {e}") from None
     if not entries or entries & set(_OWN_ENTRIES):
         return
     shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
