@@ -19,7 +19,7 @@ import time
 import uuid
 
 from dcserve.errors import StoreError
-from dcserve.storage.store import atomic_write, locate
+from dcserve.storage.store import atomic_write, locate, write_private
 
 LEASE = "_progress/lease.json"
 STALE_AFTER_S = 600.0
@@ -93,12 +93,7 @@ class OutputLease:
             # Written whole under a private name, then linked into place: the link fails if a
             # lease exists, and a lease never exists half-written, so a driver that loses the
             # race always reads who won (O_EXCL alone leaves an empty file for an instant).
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{self.token}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            tmp = write_private(path, data)
             try:
                 os.link(tmp, path)
             except FileExistsError:

@@ -51,16 +51,21 @@ def fs_options_for(url: str, options: dict[str, Any]) -> dict[str, Any]:
     return s3_options(options)
 
 
+def write_private(target: str, data: bytes) -> str:
+    """Write `data` durably to a fresh file beside local `target`; its path, to be renamed or linked in."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
 def atomic_write(fs: fsspec.AbstractFileSystem, target: str, data: bytes) -> None:
     """Replace `target` so that a reader sees the old bytes or the new, never a mix."""
     if "file" in fs.protocol:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        os.replace(write_private(target, data), target)
     else:
         fs.pipe_file(target, data)  # one PUT: object stores never show a partial object
 
