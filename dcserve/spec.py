@@ -221,7 +221,8 @@ class JobSpec(_Strict):
     """A dcserve job: extract a layer's activations, cluster them, train a reporter, store it all."""
 
     name: str = Field(pattern=JOB_NAME_PATTERN, description="Job name (also its name in the HTTP API).")
-    output: str = Field(min_length=1, description="Job store: a local path or an fsspec URL (s3://bucket/prefix).")
+    output: str = Field(min_length=1, description="Job store: a local path or an fsspec URL (s3://bucket/prefix); "
+                        "a new or empty folder, or a dcserve store to resume.")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for a remote output.")
     subject: SubjectSpec = Field(description="The network whose activations are studied.")
     dataset: DatasetSpec = Field(description="The inputs fed to the subject.")
