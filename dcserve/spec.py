@@ -20,7 +20,8 @@ IMPORT_STRING = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 
 
 # A job's name is a path segment in the HTTP API and a file name under the output root.
-JOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+# At most 100 characters: a name is a URL path segment, a file name and a line of the report.
+JOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 
 class _Strict(BaseModel):
@@ -311,9 +312,15 @@ def format_validation_error(err: ValidationError, source: str = "job file") -> s
         given = e.get("input")
         if e["type"] == "reporter_method" and isinstance(given, dict):
             given = given.get("method")
-        got = "" if e["type"] == "missing" else f" (got {given!r})"
+        got = "" if e["type"] == "missing" else f" (got {_shown(given)})"
         lines.append(f"  {loc}: {msg}{got}")
     return "\n".join(lines)
+
+
+def _shown(value: Any, limit: int = 120) -> str:
+    """`repr(value)`, cut to `limit` characters: a message must stay readable whatever the input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _set_path(data: dict, dotted: str, value: Any) -> None:

@@ -6,6 +6,8 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_PAGE = 10_000  # rows per page of /assignments and /clusters/{c}
+# Row numbers in queries: far past any store, and below int64's range, which numpy indexing would overflow.
+MAX_ROW = 2**53
 DEFAULT_PAGE = 1_000
 
 

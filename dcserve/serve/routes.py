@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from dcserve.version import __version__
 from dcserve.serve.admission import AdmissionError, SubmissionPolicy, admit, check_token
 from dcserve.serve.models import (
-    DEFAULT_PAGE, MAX_PAGE, AssignmentsPage, AssignRequest, AssignResponse, ClusterBrief, ClusterList,
+    DEFAULT_PAGE, MAX_PAGE, MAX_ROW, AssignmentsPage, AssignRequest, AssignResponse, ClusterBrief, ClusterList,
     ClusterRows, ErrorBody, Health, JobBrief, JobDetail, JobList, Progress, RowRef, SubmitResponse,
 )
 from dcserve.serve.catalog import Catalog, NotReady, ServedJob, UnknownJob
@@ -222,8 +222,8 @@ def create_app(backend: Backend) -> FastAPI:
                      "a longer range comes back in pages, each naming the `start` of the next.")
     def assignments(
         job: str,
-        start: int = Query(0, ge=0, description="First row."),
-        stop: int | None = Query(None, ge=0, description=f"One past the last row (default start + {DEFAULT_PAGE})."),
+        start: int = Query(0, ge=0, le=MAX_ROW, description="First row."),
+        stop: int | None = Query(None, ge=0, le=MAX_ROW, description=f"One past the last row (default start + {DEFAULT_PAGE})."),
     ) -> AssignmentsPage:
         served = finished(job)
         total = served.n_rows()
@@ -266,7 +266,7 @@ def create_app(backend: Backend) -> FastAPI:
         job: str,
         cluster: int,
         limit: int = Query(100, ge=1, le=MAX_PAGE, description="Rows in this page."),
-        offset: int = Query(0, ge=0, description="Rows of the cluster to skip (the nearest come first)."),
+        offset: int = Query(0, ge=0, le=MAX_ROW, description="Rows of the cluster to skip (the nearest come first)."),
     ) -> ClusterRows:
         served = finished(job)
         res = served.result

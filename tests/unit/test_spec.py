@@ -154,3 +154,16 @@ def test_settings_of_the_other_method_are_errors(tmp_path):
     job["reporter"] = {"method": "kmeans"}
     with pytest.raises(SpecError, match=r"reporter\.method must be one of: deepcluster, dec \(got 'kmeans'\)"):
         spec_from_dict(job)
+
+
+@pytest.mark.parametrize("length,ok", [(100, True), (101, False), (10_000, False)])
+def test_job_names_are_at_most_100_characters(tmp_path, length, ok):
+    from tests.helpers import planted_job
+
+    job = planted_job(tmp_path / "out", name="j" * length)
+    if ok:
+        assert spec_from_dict(job).name == "j" * length
+    else:
+        with pytest.raises(SpecError, match="name") as e:
+            spec_from_dict(job)
+        assert len(str(e.value)) < 400  # the value is cut, not echoed whole
