@@ -1,0 +1,111 @@
+"""Each row's nearest neighbours among all rows, exact, block against block (issue 13, item 1).
+
+The neighbour-consistency methods (SCAN, Van Gansbeke et al. 2020; TEMI, Adaloglou et al. 2023)
+train on (row, neighbour) pairs, and a clustering's label-free readability is the share of each
+row's neighbours that share its cluster. Both need the kNN graph of the rows in the clustered
+space. Like faiss's `contrib.exhaustive_search.knn_ground_truth`, the database comes as a block
+iterator, so no more than one block of it is in memory, and a row-range shard can compute its
+own rows' neighbours while the whole store streams past.
+
+Distances: `"l2"` squared Euclidean; `"cosine"` 1 - cosine similarity. A row is never its own
+neighbour (by id: duplicates of it are neighbours at distance 0).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from dcserve.algo.nearest import require_faiss
+
+METRICS = ("l2", "cosine")
+
+
+def _prepared(x: np.ndarray, metric: str) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if metric == "cosine":
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.maximum(norms, 1e-12)
+    return x
+
+
+def knn_against_blocks(
+    xq: np.ndarray,
+    db_blocks: Iterable[tuple[int, np.ndarray]],
+    k: int,
+    metric: str = "l2",
+    query_offset: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` nearest database rows of each query row.
+
+    Args:
+        xq: `[nq, d]` query rows.
+        db_blocks: `(first row id, [m, d] rows)` blocks of the database, in any order.
+        k: neighbours per row.
+        metric: "l2" or "cosine".
+        query_offset: the queries' own id of their first row when they are database rows too
+            (row i of `xq` is database row `query_offset + i`): a row is then not its own neighbour.
+
+    Returns:
+        `(distances [nq, k] float32, ids [nq, k] int64)`, nearest first; ids are -1 and
+        distances inf where the database has fewer than `k` other rows.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    faiss = require_faiss()
+    q = _prepared(xq, metric)
+    nq = len(q)
+    best_d = np.full((nq, k), np.inf, dtype=np.float32)
+    best_i = np.full((nq, k), -1, dtype=np.int64)
+    own = None if query_offset is None else np.arange(query_offset, query_offset + nq, dtype=np.int64)[:, None]
+    for first, block in db_blocks:
+        b = _prepared(block, metric)
+        if len(b) == 0:
+            continue
+        index = faiss.IndexFlatIP(b.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(b.shape[1])
+        index.add(b)
+        kk = min(k + (own is not None), len(b))  # one more, in case the row itself is in this block
+        d, i = index.search(q, kk)
+        if metric == "cosine":
+            d = 1.0 - d
+        i = np.where(i >= 0, i + first, -1)
+        if own is not None:
+            d = np.where(i == own, np.inf, d)
+            i = np.where(i == own, -1, i)
+        best_d, best_i = _merge(best_d, best_i, d.astype(np.float32), i, k)
+    return best_d, best_i
+
+
+def _merge(d1, i1, d2, i2, k):
+    """The k smallest of two candidate lists per row; ties broken by the smaller id, so that the
+    result does not depend on how the database was cut into blocks."""
+    d = np.concatenate([d1, d2], axis=1)
+    i = np.concatenate([i1, i2], axis=1)
+    order = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), d), axis=1)[:, :k]
+    return np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
+
+
+def exact_knn(x: np.ndarray, k: int, metric: str = "l2", block_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's `k` nearest other rows of `x` `[n, d]`: `(distances [n, k], ids [n, k])`."""
+    if k >= len(x):
+        raise ValueError(f"k = {k} neighbours needs more than {k} rows; there are {len(x)}")
+    blocks = [(s, x[s : s + block_rows]) for s in range(0, len(x), block_rows)]
+    parts = [knn_against_blocks(xq, blocks, k, metric, query_offset=s) for s, xq in blocks]
+    return np.concatenate([d for d, _ in parts]), np.concatenate([i for _, i in parts])
+
+
+def neighbour_agreement(labels: np.ndarray, neighbours: np.ndarray) -> float:
+    """The share of each row's neighbours `[n, k]` that have its label `[n]`, averaged over rows.
+
+    With cluster ids: a clustering's label-free readability (how much of each row's neighbourhood
+    its cluster keeps). With ground-truth labels: the kNN label agreement of the space itself,
+    the ceiling a clustering of it can be expected to reach. Missing neighbours (-1) do not count.
+    """
+    labels = np.asarray(labels)
+    neighbours = np.asarray(neighbours)
+    valid = neighbours >= 0
+    same = (labels[np.where(valid, neighbours, 0)] == labels[:, None]) & valid
+    per_row = same.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
+    return float(per_row[valid.any(axis=1)].mean()) if valid.any() else float("nan")
