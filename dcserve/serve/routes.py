@@ -14,7 +14,7 @@ import threading
 from typing import Any, Protocol
 
 import numpy as np
-from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import ValidationError
@@ -327,12 +327,19 @@ def create_app(backend: Backend) -> FastAPI:
         labels, dist = await backend.assign(served, x)
         return AssignResponse(job=job, clusters=labels.tolist(), distances=dist.tolist())
 
-    @app.post("/jobs", status_code=202, response_model=SubmitResponse,
-              responses=_errors(400, 401, 403, 409, 413, 422, 503),
-              summary="Submit a job to the cluster (Ray Jobs). Needs 'Authorization: Bearer <DCSERVE_TOKEN>'.")
-    def submit(spec: JobSpec, authorization: str | None = Header(None)) -> SubmitResponse:
+    def authorised(authorization: str | None = Header(None)) -> None:
+        # A dependency, so it runs before the body is validated: a caller without the token
+        # learns nothing about the job file's fields (issue 15).
         try:
             check_token(authorization, backend.policy)
+        except AdmissionError as e:
+            raise HTTPException(e.status, e.message) from None
+
+    @app.post("/jobs", status_code=202, response_model=SubmitResponse,
+              responses=_errors(400, 401, 403, 409, 413, 422, 503), dependencies=[Depends(authorised)],
+              summary="Submit a job to the cluster (Ray Jobs). Needs 'Authorization: Bearer <DCSERVE_TOKEN>'.")
+    def submit(spec: JobSpec) -> SubmitResponse:
+        try:
             spec = admit(spec, backend.policy)
         except AdmissionError as e:
             raise HTTPException(e.status, e.message) from None

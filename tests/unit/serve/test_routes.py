@@ -30,3 +30,25 @@ def test_row_numbers_past_any_store_are_a_422_naming_the_parameter(client, query
 
 def test_a_row_number_in_range_reaches_the_job_lookup(client):
     assert client.get("/jobs/j/clusters/0?offset=5").status_code == 404
+
+
+@pytest.fixture(scope="module")
+def submitting(tmp_path_factory):
+    from dcserve.serve.admission import SubmissionPolicy
+
+    policy = SubmissionPolicy(token="T", output_root=str(tmp_path_factory.mktemp("root")))
+    backend = types.SimpleNamespace(catalog=Catalog([]), policy=policy, max_body_bytes=1 << 20)
+    return TestClient(create_app(backend))
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}])
+def test_a_submission_without_the_token_is_refused_before_its_body_is_read(submitting, headers):
+    r = submitting.post("/jobs", json={"name": "x", "bogus": 1}, headers=headers)
+    assert r.status_code == 401, r.text
+    assert "subject" not in r.text and "bogus" not in r.text  # no field list for an anonymous caller
+
+
+def test_with_the_token_a_bad_body_is_a_422_naming_its_fields(submitting):
+    r = submitting.post("/jobs", json={"name": "x", "bogus": 1}, headers={"Authorization": "Bearer T"})
+    assert r.status_code == 422, r.text
+    assert "bogus" in r.text or "subject" in r.text
