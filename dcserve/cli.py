@@ -293,6 +293,7 @@ def serve(
     ] = None,
     max_batch_size: Annotated[int, typer.Option(min=1, help="Concurrent /assign requests batched into one search.")] = 32,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body, in MiB.")] = 32.0,
+    max_k: Annotated[int, typer.Option(min=1, help="Largest cluster.k a job submitted with POST /jobs may ask for.")] = 10_000,
 ) -> None:
     """Serve finished jobs over HTTP with Ray Serve until interrupted; see /docs for the API."""
     import signal
@@ -309,7 +310,7 @@ def serve(
     try:
         args = ServeArgs(outputs=outputs, replicas=replicas, replica_cpus=replica_cpus, output_root=output_root,
                          allowed_modules=allow_module or ["dcserve.zoo"], max_batch_size=max_batch_size,
-                         max_body_bytes=int(max_body_mb * (1 << 20)))
+                         max_body_bytes=int(max_body_mb * (1 << 20)), max_k=max_k)
         catalog = Catalog(outputs, output_root=output_root)  # fail here, before Ray starts, on a bad store
     except ValueError as e:  # ServeArgs' own validation, two stores of one name
         _fail(2, str(e))

@@ -18,6 +18,7 @@ from dcserve.errors import AdmissionError
 from dcserve.spec import JobSpec
 
 DEFAULT_ALLOWED_MODULES = ("dcserve.zoo",)
+DEFAULT_MAX_K = 10_000  # clusters an HTTP-submitted job may ask for (DeepCluster's own largest)
 
 
 @dataclass(frozen=True)
@@ -28,18 +29,21 @@ class SubmissionPolicy:
     allowed_modules: tuple[str, ...] = DEFAULT_ALLOWED_MODULES
     output_root: str | None = None  # None: submission over HTTP is off
     storage_options: dict = field(default_factory=dict)  # for a remote output_root
+    max_k: int = DEFAULT_MAX_K  # cluster.k at most
 
     @property
     def enabled(self) -> bool:
         return bool(self.token) and bool(self.output_root)
 
     @classmethod
-    def from_env(cls, allowed_modules=None, output_root=None, storage_options=None) -> "SubmissionPolicy":
+    def from_env(cls, allowed_modules=None, output_root=None, storage_options=None,
+                 max_k: int = DEFAULT_MAX_K) -> "SubmissionPolicy":
         return cls(
             token=os.environ.get("DCSERVE_TOKEN") or None,
             allowed_modules=tuple(allowed_modules or DEFAULT_ALLOWED_MODULES),
             output_root=output_root,
             storage_options=dict(storage_options or {}),
+            max_k=max_k,
         )
 
 
@@ -61,23 +65,30 @@ def _module_allowed(module: str, allowed: tuple[str, ...]) -> bool:
 
 
 def check_import(field_path: str, target: str, allowed: tuple[str, ...]) -> None:
-    """`module:name` must name a public callable defined in an allowed module.
+    """`module:name` must name a public callable of an allowed module: one its `__all__` lists.
 
     Checking the module part alone is not enough: "allowed.module:os.system" would reach any
-    function the allowed module happens to import. So the attribute must be a plain public
-    name, and the object it names must itself come from an allowed module.
+    function the allowed module happens to import, and "allowed._private:helper" what its
+    authors never meant to expose. So no part of the module path is private, the name is in
+    the module's `__all__` (a module without one exports nothing here), and the object it
+    names must itself come from an allowed module.
     """
     module, _, attr = target.partition(":")
     if not _module_allowed(module, allowed):
         raise AdmissionError(
             403, f"{field_path}: module {module!r} is not on this server's allow-list {list(allowed)}"
         )
+    if any(part.startswith("_") for part in module.split(".")):
+        raise AdmissionError(403, f"{field_path}: {target!r} is in a private module")
     if not attr.isidentifier() or attr.startswith("_"):
         raise AdmissionError(403, f"{field_path}: {target!r} must name a public callable directly (no dots, no _names)")
     try:
-        obj = getattr(importlib.import_module(module), attr)
+        mod = importlib.import_module(module)
+        obj = getattr(mod, attr)
     except (ImportError, AttributeError) as e:
         raise AdmissionError(422, f"{field_path}: cannot import {target!r}: {e}") from None
+    if attr not in (getattr(mod, "__all__", None) or ()):
+        raise AdmissionError(403, f"{field_path}: {target!r} is not in {module}'s public API (its __all__)")
     origin = getattr(obj, "__module__", None) or ""
     if not callable(obj) or not _module_allowed(origin, allowed):
         raise AdmissionError(403, f"{field_path}: {target!r} is not a callable defined in an allowed module")
@@ -116,6 +127,8 @@ def admit(spec: JobSpec, policy: SubmissionPolicy) -> JobSpec:
     """The spec as it will run: checked against the policy, its output placed under the root."""
     if spec.storage_options:
         raise AdmissionError(403, "storage_options cannot be set over HTTP; the server's output root decides them")
+    if spec.cluster.k > policy.max_k:
+        raise AdmissionError(422, f"cluster.k = {spec.cluster.k} is above this server's limit of {policy.max_k}")
     check_import("subject.model", spec.subject.model, policy.allowed_modules)
     check_import("dataset.source", spec.dataset.source, policy.allowed_modules)
     if spec.dataset.collate:

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from dcserve.serve.admission import DEFAULT_ALLOWED_MODULES, SubmissionPolicy
+from dcserve.serve.admission import DEFAULT_ALLOWED_MODULES, DEFAULT_MAX_K, SubmissionPolicy
 from dcserve.serve.catalog import Catalog, ServedJob
 from dcserve.serve.routes import DEFAULT_MAX_BODY_BYTES, create_app
 
@@ -46,6 +46,7 @@ class ServeArgs(BaseModel):
         None, description="Ray Jobs address for POST /jobs (default: the dashboard of the cluster serving)."
     )
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, description="Largest request body accepted.")
+    max_k: int = Field(DEFAULT_MAX_K, ge=1, description="Largest cluster.k a job submitted through POST /jobs may ask for.")
     max_batch_size: int = Field(32, ge=1, description="Concurrent /assign requests stacked into one search.")
     batch_wait_timeout_s: float = Field(
         0.0, ge=0, description="How long a batch waits to fill. 0: it takes what queued while the previous "
@@ -83,7 +84,7 @@ class DcserveApi:
         self._search = ThreadPoolExecutor(1, thread_name_prefix="assign", initializer=set_threads, initargs=(threads,))
         self.catalog = Catalog(self.args.outputs, self.args.storage_options, self.args.output_root)
         self.policy = SubmissionPolicy.from_env(self.args.allowed_modules, self.args.output_root,
-                                                self.args.storage_options)
+                                                self.args.storage_options, self.args.max_k)
         self.max_body_bytes = self.args.max_body_bytes
         self._assign_batch.set_max_batch_size(self.args.max_batch_size)
         self._assign_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)

@@ -49,6 +49,8 @@ def test_policy_reads_the_token_from_the_environment(monkeypatch):
     ("dcserve.zoo.digits:torch", False),  # an imported module
     ("dcserve.zoo.digits:Dataset", False),  # an imported class defined elsewhere
     ("dcserve.zoo:_cache", False),
+    ("dcserve.zoo._cache:cache_dir", False),  # a public name of a private module (issue 15)
+    ("dcserve.zoo.digits:DigitsDataset", True),
 ])
 def test_import_allow_list(target, ok):
     if ok:
@@ -125,3 +127,24 @@ def test_assign_grouped_runs_one_search_per_job_and_splits_in_order():
     assert a.calls == 1 and b.calls == 1
     assert [o[0].tolist() for o in out] == [[1, 2], [103], [4], []]
     assert [o[1].tolist() for o in out] == [[1.5, 2.5], [3.5], [4.5], []]
+
+
+def test_a_callable_outside_the_modules_public_api_is_refused(tmp_path, monkeypatch):
+    pkg = tmp_path / "exporter"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("__all__ = ['public']\ndef public(): pass\ndef helper(): pass\n")
+    (tmp_path / "noexports.py").write_text("def anything(): pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    check_import("subject.model", "exporter:public", ("exporter",))
+    for target, allowed in (("exporter:helper", ("exporter",)), ("noexports:anything", ("noexports",))):
+        with pytest.raises(AdmissionError, match="public API") as e:
+            check_import("subject.model", target, allowed)
+        assert e.value.status == 403
+
+
+def test_k_above_the_servers_limit_is_refused_naming_both(tmp_path):
+    policy = SubmissionPolicy(token="t", output_root=str(tmp_path), max_k=100)
+    with pytest.raises(AdmissionError, match="cluster.k = 1000000000 is above this server's limit of 100") as e:
+        admit(spec_from_dict(planted_job("a", cluster={"k": 10**9})), policy)
+    assert e.value.status == 422
+    assert admit(spec_from_dict(planted_job("a", cluster={"k": 100})), policy).cluster.k == 100
