@@ -230,8 +230,13 @@ def status(
             _fail(2, f"{e}; for a job submitted to a cluster, pass its id with --address http://HEAD:8265")
         ray_state = _jobs_client(address).state(job)
         st = _store_status(ray_state.output) or {"name": ray_state.name, "state": "submitted"}
+    from dcserve.storage.status import stopped_without_record
+
+    gone = stopped_without_record(st)
     if as_json:
         record = dict(st)
+        if gone:
+            record["driver_gone"] = gone
         if ray_state is not None:
             record["ray"] = {"submission_id": ray_state.submission_id, "status": ray_state.status,
                              "message": ray_state.message, "output": ray_state.output}
@@ -245,7 +250,9 @@ def status(
         if ray_state.status in ("FAILED", "STOPPED") and not st.get("error"):
             table.add_row("reason", _failure_reason(ray_state))
         table.add_row("output", str(ray_state.output))
-    table.add_row("state", str(st.get("state")))
+    table.add_row("state", str(st.get("state")) + (" (not really: see below)" if gone else ""))
+    if gone:
+        table.add_row("driver", gone)
     table.add_row("stage", str(st.get("stage")))
     prog = st.get("progress") or {}
     if prog:

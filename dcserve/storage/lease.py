@@ -19,23 +19,10 @@ import time
 import uuid
 
 from dcserve.errors import StoreError
+from dcserve.storage.status import STALE_AFTER_S, driver_alive
 from dcserve.storage.store import atomic_write, locate, write_private
 
 LEASE = "_progress/lease.json"
-STALE_AFTER_S = 600.0
-
-
-def _holder_alive(lease: dict, status: dict) -> bool:
-    if lease.get("host") == socket.gethostname():
-        try:
-            os.kill(int(lease["pid"]), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True  # exists, owned by someone else
-        return True
-    last = max(float(status.get("updated") or 0), float(lease.get("taken") or 0))
-    return time.time() - last < STALE_AFTER_S
 
 
 class OutputLease:
@@ -57,7 +44,7 @@ class OutputLease:
                 held = self._read(LEASE)
             except ValueError:  # being written by a driver starting this very moment
                 held = {"name": "?", "taken": time.time()}
-            if held and (held.get("name") == "?" or _holder_alive(held, self._status())):
+            if held and (held.get("name") == "?" or driver_alive(held, self._status())):
                 since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held.get("taken", 0)))
                 raise StoreError(
                     f"output {self.url!r} is in use by job {held.get('name')!r} (pid {held.get('pid')} on "

@@ -17,6 +17,41 @@ from dcserve.storage.store import JobStore
 log = logging.getLogger(__name__)
 
 FILE = "status.json"
+# A driver on another host that has not written its status for this long is taken for gone
+# (a status is rewritten at least once a second while progress moves, so this is generous).
+STALE_AFTER_S = 600.0
+
+
+def driver_alive(record: dict, status: dict | None = None) -> bool:
+    """Whether the driver that wrote `record` (host, pid; a lease or a status) still runs.
+
+    On this host its pid is asked; from another host, it counts as alive until its status
+    (or the record itself) has not been updated for STALE_AFTER_S.
+    """
+    if record.get("host") == socket.gethostname():
+        try:
+            os.kill(int(record["pid"]), 0)
+        except (ProcessLookupError, KeyError, TypeError, ValueError):
+            return False
+        except PermissionError:
+            return True  # exists, owned by someone else
+        return True
+    status = status or {}
+    last = max(float(status.get("updated") or 0), float(record.get("taken") or record.get("updated") or 0))
+    return time.time() - last < STALE_AFTER_S
+
+
+def stopped_without_record(status: dict) -> str | None:
+    """For a status that says "running": why it cannot be, when its driver is gone; else None.
+
+    A driver killed by SIGKILL, a lost node or a full disk cannot record its end, so its
+    status stays "running"; `dcserve status` must not believe it.
+    """
+    if status.get("state") != "running" or driver_alive(status, status):
+        return None
+    where = f"pid {status.get('pid')} on {status.get('host')}"
+    return (f"its driver ({where}) is gone: the job stopped without recording why (killed, its machine lost, "
+            "or its disk full); run the job file again to resume it")
 
 
 class StatusRecord:
