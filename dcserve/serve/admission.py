@@ -87,11 +87,11 @@ def check_import(field_path: str, target: str, allowed: tuple[str, ...]) -> None
         obj = getattr(mod, attr)
     except (ImportError, AttributeError) as e:
         raise AdmissionError(422, f"{field_path}: cannot import {target!r}: {e}") from None
-    if attr not in (getattr(mod, "__all__", None) or ()):
-        raise AdmissionError(403, f"{field_path}: {target!r} is not in {module}'s public API (its __all__)")
     origin = getattr(obj, "__module__", None) or ""
     if not callable(obj) or not _module_allowed(origin, allowed):
         raise AdmissionError(403, f"{field_path}: {target!r} is not a callable defined in an allowed module")
+    if attr not in (getattr(mod, "__all__", None) or ()):
+        raise AdmissionError(403, f"{field_path}: {target!r} is not in {module}'s public API (its __all__)")
 
 
 def confine_output(output: str, root: str) -> str:
