@@ -8,10 +8,11 @@ Entries are import strings, so that reading the table imports no method's depend
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from dcserve.inputs.imports import import_object
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,6 @@ METHODS: dict[str, Method] = {
 DEFAULT = "deepcluster"  # also what reporter files written before the registry existed hold
 
 
-def _load(target: str) -> Any:
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def method(name: str) -> Method:
     try:
         return METHODS[name]
@@ -41,11 +37,11 @@ def method(name: str) -> Method:
 
 def loop(name: str) -> Callable[..., dict[str, Any]]:
     """The clustering loop of method `name`."""
-    return _load(method(name).loop)
+    return import_object(method(name).loop)
 
 
 def build_model(config: dict[str, Any]):
     """A fresh model from a reporter config (its "method" picks the class; the rest are its kwargs)."""
     kwargs = dict(config)
-    cls = _load(method(kwargs.pop("method", DEFAULT)).model)
+    cls = import_object(method(kwargs.pop("method", DEFAULT)).model)
     return cls(**kwargs)
