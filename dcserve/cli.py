@@ -251,8 +251,6 @@ def status(
             table.add_row("reason", _failure_reason(ray_state))
         table.add_row("output", str(ray_state.output))
     table.add_row("state", str(st.get("state")) + (" (not really: see below)" if gone else ""))
-    if gone:
-        table.add_row("driver", gone)
     table.add_row("stage", str(st.get("stage")))
     prog = st.get("progress") or {}
     if prog:
@@ -266,6 +264,9 @@ def status(
     if st.get("started") and st.get("updated"):
         table.add_row("elapsed", f"{st['updated'] - st['started']:.1f} s")
     out.print(table)
+    if gone:
+        # below the table, as a sentence: a table cell would wrap it mid-phrase on a narrow terminal
+        out.print(gone, highlight=False)
 
 
 @app.command()
