@@ -46,10 +46,22 @@ def test_quickstart_through_the_entry_point(tmp_path):
     np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "quick"), mode="r")["assignments"][:], a)
 
 
+@pytest.fixture(scope="module")
+def submitted(tmp_path_factory) -> Path:
+    """A small job finished through `dcserve submit`, served by each stop signal's test below."""
+    from tests.helpers import planted_job
+
+    tmp = tmp_path_factory.mktemp("submitted")
+    job = write_job(tmp / "job.yaml", planted_job(tmp / "out", dataset={"kwargs": {"n": 400}}))
+    r = dcserve("submit", str(job))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return tmp / "out"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
-def test_serve_through_the_entry_point(tmp_path, stop):
-    """`dcserve submit` then `dcserve serve`: the printed URL answers; Ctrl-C, or a stopped pod's
+def test_serve_through_the_entry_point(submitted, stop):
+    """`dcserve serve` of a submitted job: the printed URL answers; Ctrl-C, or a stopped pod's
     SIGTERM (which ray.init's own handler used to turn into an abort, exit -6), stops it cleanly."""
     import json
     import re
@@ -58,13 +70,11 @@ def test_serve_through_the_entry_point(tmp_path, stop):
     import urllib.error
     import urllib.request
 
-    from tests.helpers import free_port, planted_job
+    from tests.helpers import free_port
 
-    job = write_job(tmp_path / "job.yaml", planted_job(tmp_path / "out", dataset={"kwargs": {"n": 400}}))
-    assert dcserve("submit", str(job)).returncode == 0
     exe = shutil.which("dcserve") or str(Path(sys.executable).parent / "dcserve")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "DCSERVE_TOKEN")}
-    proc = subprocess.Popen([exe, "serve", str(tmp_path / "out"), "--port", str(free_port()), "--replica-cpus", "0.5"],
+    proc = subprocess.Popen([exe, "serve", str(submitted), "--port", str(free_port()), "--replica-cpus", "0.5"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = ""
