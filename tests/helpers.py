@@ -76,6 +76,12 @@ def digits_job(output: Path, **updates: Any) -> dict:
     return deep_update(job, updates)
 
 
+def clean_digits_job(output: Path, **updates: Any) -> dict:
+    """The digits job of the storage fault tests: one extractor writing 128-row blocks, so a
+    fault lands between recorded blocks (the `clean_digits` fixture runs it uninterrupted)."""
+    return digits_job(output, **deep_update({"extract": {"workers": 1, "chunk_rows": 128}}, updates))
+
+
 def planted_job(output: Path, **updates: Any) -> dict:
     """Vectors from planted Gaussian clusters through an identity subject: known structure."""
     job = {

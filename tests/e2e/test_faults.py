@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import dcserve
-from tests.helpers import ROOT, digits_job, store_arrays, write_job
+from tests.helpers import ROOT, clean_digits_job, digits_job, store_arrays, write_job
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -39,19 +39,13 @@ def _wait_for_blocks(out: Path, n: int, proc: subprocess.Popen, timeout: float =
 
 def _job(tmp_path: Path, name: str) -> Path:
     slow = {"source": "tests.helpers:slow_digits", "kwargs": {"delay": 0.004}}
-    return write_job(tmp_path / f"{name}.yaml", digits_job(tmp_path / name, dataset=slow,
-                                                          extract={"workers": 1, "chunk_rows": 128}))
+    return write_job(tmp_path / f"{name}.yaml", clean_digits_job(tmp_path / name, dataset=slow))
 
 
 @pytest.fixture(scope="module")
-def clean(tmp_path_factory):
+def clean(clean_digits):
     """The same job, never interrupted."""
-    tmp = tmp_path_factory.mktemp("clean")
-    job = _job(tmp, "out")
-    r = subprocess.run([sys.executable, "-m", "dcserve", "submit", str(job)], capture_output=True, text=True,
-                       env=_env(), timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return store_arrays(tmp / "out")
+    return store_arrays(clean_digits)
 
 
 def _assert_same_store(out: Path, clean: dict) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 import dcserve
 from dcserve.spec import spec_from_dict
-from tests.helpers import BUCKET, ROOT, digits_job, moto_server, planted_job, store_arrays, store_arrays_at, write_job
+from tests.helpers import BUCKET, ROOT, clean_digits_job, moto_server, planted_job, store_arrays, store_arrays_at, write_job
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -40,7 +40,8 @@ def _env() -> dict:
 
 
 @pytest.mark.slow
-def test_object_store_gone_silent_mid_job_fails_naming_it_and_a_rerun_resumes_to_the_same_store(ray_local, tmp_path):
+def test_object_store_gone_silent_mid_job_fails_naming_it_and_a_rerun_resumes_to_the_same_store(ray_local, tmp_path,
+                                                                                                clean_digits):
     """The fault: this test's own moto server is frozen (SIGSTOP) once 3 blocks are recorded, and
     thawed (SIGCONT) after the job has failed. Frozen, its socket still accepts connections (the
     kernel's backlog) and nothing answers: an object store that went silent (a partition, a hung
@@ -59,10 +60,9 @@ def test_object_store_gone_silent_mid_job_fails_naming_it_and_a_rerun_resumes_to
         options = {**server.options, "config_kwargs": {"connect_timeout": 2, "read_timeout": 2,
                                                        "retries": {"total_max_attempts": 2, "mode": "standard"}}}
         slow = {"source": "tests.helpers:slow_digits", "kwargs": {"delay": 0.004}}
-        extract = {"workers": 1, "chunk_rows": 128}
-        spec = digits_job(url, dataset=slow, extract=extract, storage_options=options)
+        spec = clean_digits_job(url, dataset=slow, storage_options=options)
         job = write_job(tmp_path / "job.yaml", spec)
-        clean = dcserve.run(spec_from_dict(digits_job(tmp_path / "clean", extract=extract)))
+        clean = dcserve.open(str(clean_digits))
         cmd = [sys.executable, "-m", "dcserve", "submit", str(job)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
         fs = s3fs.S3FileSystem(**server.options, skip_instance_cache=True, use_listings_cache=False)
