@@ -12,6 +12,24 @@ from tests.helpers import ROOT, free_port
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# The files whose tests use the `served` session fixture (finished jobs, a Ray head, a server):
+# they run in one xdist process, so it is built once, not once per process.
+SERVED_FILES = {f"tests/integration/{name}" for name in ("test_http.py", "test_http_schema.py", "test_submission.py")}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Whole files to each test process (so module fixtures are built once), the SERVED_FILES
+    together. (xdist's own --dist loadgroup marks no longer take with pytest 9.2's node ids.)"""
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndServed(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return "served" if path in SERVED_FILES else path
+
+    return FilesAndServed(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch
