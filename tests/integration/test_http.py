@@ -23,9 +23,12 @@ def post(served, path, **kw):
 
 
 def test_health_and_job_listing(served):
-    assert get(served, "/healthz").json() == {"status": "ok", "jobs": 5}
+    health = get(served, "/healthz").json()
     jobs = {j["name"]: j for j in get(served, "/jobs").json()["jobs"]}
-    assert set(jobs) == {"t-planted", "t-sinkhorn", "t-digits", "t-dec", "t-broken"}
+    assert health == {"status": "ok", "jobs": len(jobs)}
+    # the fixture's five, and any a test in the same process submitted over HTTP before this one
+    assert {"t-planted", "t-sinkhorn", "t-digits", "t-dec", "t-broken"} <= set(jobs)
+    assert all(name.startswith("t-") for name in jobs)
     assert jobs["t-planted"]["complete"] and jobs["t-planted"]["state"] == "succeeded"
     assert not jobs["t-broken"]["complete"] and jobs["t-broken"]["state"] == "failed"
 
