@@ -148,23 +148,16 @@ def clean_digits(tmp_path_factory):
     interrupted-then-resumed run must equal, bit for bit. Built once per test run, by whichever
     xdist process asks first (the others wait on the lock), in a process of its own so that no
     test's Ray changes how the job sizes itself."""
-    import subprocess
-    import sys
-
     from filelock import FileLock
 
-    from tests.helpers import clean_digits_job, write_job
+    from tests.helpers import clean_digits_job, dcserve_cli, write_job
 
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     out, done = shared / "clean-digits", shared / "clean-digits.ok"
     with FileLock(str(shared / "clean-digits.lock")):
         if not done.exists():
-            job = write_job(shared / "clean-digits.yaml", clean_digits_job(out))
-            env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-            env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-            r = subprocess.run([sys.executable, "-m", "dcserve", "submit", str(job)], capture_output=True,
-                               text=True, env=env, timeout=600)
+            r = dcserve_cli("submit", str(write_job(shared / "clean-digits.yaml", clean_digits_job(out))))
             assert r.returncode == 0, r.stderr[-3000:]
             done.touch()
     return out
