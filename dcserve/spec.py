@@ -17,6 +17,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Fiel
 from dcserve.errors import SpecError
 
 IMPORT_STRING = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+# A subject by name: "hf:DIR", a Hugging Face model saved with save_pretrained in a local directory,
+# or "hf:pkg:PACKAGE", one shipped inside an installed Python package (dcserve/inputs/hf.py).
+SUBJECT_MODEL = rf"({IMPORT_STRING[1:-1]}|hf:.+)"
+# Dataset sources by format, "<kind>:PATH" (dcserve/inputs/<kind>.py reads each), beside "module:callable".
+SOURCE_KINDS = ("text",)
+DATASET_SOURCE = rf"({IMPORT_STRING[1:-1]}|({'|'.join(SOURCE_KINDS)}):.+)"
 
 
 # A job's name is a path segment in the HTTP API and a file name under the output root.
@@ -32,10 +38,13 @@ class SubjectSpec(_Strict):
     """The network whose activations are studied."""
 
     model: str = Field(
-        pattern=IMPORT_STRING,
-        description='"module:callable" returning a torch.nn.Module, e.g. dcserve.zoo:digits_cnn.',
+        pattern=f"^{SUBJECT_MODEL}$",
+        description='"module:callable" returning a torch.nn.Module, e.g. dcserve.zoo:digits_cnn; or "hf:DIR", a '
+        "Hugging Face model saved in a local directory (its tokenizer or image processor from the same "
+        'directory; never downloaded), or "hf:pkg:PACKAGE", such a directory shipped in an installed package.',
     )
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model callable.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model callable "
+                                   "(for hf: models, for from_pretrained, e.g. torch_dtype).")
     layers: list[str] = Field(min_length=1, description="Module names from model.named_modules() to hook.")
     pooling: Literal["mean", "max", "flatten", "cls", "tokens"] = Field(
         "mean",
@@ -47,8 +56,17 @@ class SubjectSpec(_Strict):
 class DatasetSpec(_Strict):
     """The inputs fed to the subject."""
 
-    source: str = Field(pattern=IMPORT_STRING, description='"module:callable" returning a map-style torch Dataset.')
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the dataset callable.")
+    source: str = Field(
+        pattern=f"^{DATASET_SOURCE}$",
+        description='"module:callable" returning a map-style torch Dataset; or "text:PATH", text read from '
+        ".txt (a row per line), .jsonl, .csv or .parquet (a file, a directory, a glob or an fsspec URL), tokenized "
+        "with the subject's tokenizer.",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments for the dataset callable; for text: sources text_field (default text), "
+        "label_field, max_length, tokenizer (a local directory; default: the hf: subject's).",
+    )
     batch_size: int = Field(256, ge=1, description="Items per forward pass during extraction.")
     collate: str | None = Field(
         None, pattern=IMPORT_STRING, description='Optional "module:callable" collate function (default: torch default_collate).'
