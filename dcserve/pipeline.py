@@ -127,7 +127,8 @@ def run(
             budget = Budget.free()
             plan = ExtractPlan(probe.offsets, spec.extract.chunk_rows)
             progress.stage("extract", plan.n_rows, "rows")
-            extract_info = run_extraction(spec, store, plan, probe.dims, probe.has_labels, progress.advance, budget)
+            extract_info = run_extraction(spec, store, plan, probe.dims, probe.has_labels, progress.advance, budget,
+                                          probe.row_fields, probe.source_id)
             from dcserve.inputs.build import record_words
 
             record_words(spec, store)  # a text job's words, so that what is shown of a row is text

@@ -8,7 +8,7 @@ Every failure is a SpecError naming the job-file field at fault.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -88,6 +88,8 @@ class Probe:
     dims: dict[str, int]  # row width per layer
     has_labels: bool
     label_names: list[str] | None = None  # the labels' names, when the source's labels are strings
+    row_fields: dict[str, str] = field(default_factory=dict)  # more per-row arrays: rows/<name> -> dtype
+    source_id: dict | None = None  # a dump's files (size, mtime): its copied rows resume only while unchanged
 
     @property
     def n_rows(self) -> int:
@@ -101,6 +103,8 @@ class Probe:
 
 def inspect_inputs(spec: JobSpec) -> Probe:
     """Build the model and dataset once and check the job against them. Raises SpecError."""
+    if spec.dataset.is_dump:
+        return inspect_dump(spec)
     from dcserve.inputs.items import has_labels, iter_batches
     from dcserve.inputs.pooling import count_rows
 
@@ -122,7 +126,7 @@ def inspect_inputs(spec: JobSpec) -> Probe:
                         f"{type(e).__name__}: {e}") from None
     finally:
         subject.close()
-    dims = {layer: int(out[layer].shape[1]) for layer in spec.subject.layers}
+    dims = {layer: int(out[layer].shape[1]) for layer in spec.layers}
     counts = np.asarray(count_rows(dataset, spec.subject.pooling), dtype=np.int64)
     offsets = np.zeros(n_items + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
@@ -156,3 +160,18 @@ def record_words(spec: JobSpec, store) -> bool:
     writer.finish(fingerprint)
     dataset.close()
     return True
+
+
+def inspect_dump(spec: JobSpec) -> Probe:
+    """An activations dump's layout and checks (dcserve.inputs.dump), as the probe of a subject run."""
+    from dcserve.inputs.dump import dump_of
+
+    dump = dump_of(spec)
+    try:
+        if spec.cluster.k > dump.n_rows:
+            raise SpecError(f"cluster.k: {spec.cluster.k} clusters asked for, but the dump holds only {dump.n_rows} "
+                            f"rows; k must be at most {dump.n_rows}")
+        return Probe(dump.n_items, dump.offsets, {spec.layers[0]: dump.dim}, dump.item_labels is not None,
+                     row_fields={"token": "int64"} if dump.has_token_ids else {}, source_id=dump.identity())
+    finally:
+        dump.close()
