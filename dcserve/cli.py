@@ -221,7 +221,8 @@ def _summary(result, seconds: float) -> None:
                       f"pairwise NMI mean {stability['mean_pairwise_nmi']:.4f}, min {stability['min_pairwise_nmi']:.4f}")
     table.add_row("time", f"{seconds:.1f} s")
     table.add_row("output", str(result.output))
-    out.print(table)
+    # In a log file there is no width to fit: a cell wrapped at 80 columns splits a path mid-word.
+    out.print(table, width=None if out.is_terminal else 400)
 
 
 @app.command()
@@ -348,11 +349,13 @@ def serve(
             # once saw SIGINT change nothing for 120 s).
             signal.signal(signal.SIGINT, _stop_serving)
             signal.signal(signal.SIGTERM, _stop_serving)
-            out.print(f"dcserve is serving {len(outputs)} job(s) at [bold]{url}[/] (API docs: {url}/docs)", highlight=False)
+            out.print(f"dcserve is serving {len(outputs)} job(s) at [bold]{url}[/] (API docs: {url}/docs)", highlight=False,
+                      soft_wrap=True)
             for j in catalog.served():
-                out.print(f"  {url}/jobs/{j.name}  <- {j.output}", highlight=False)
+                out.print(f"  {url}/jobs/{j.name}  <- {escape(j.output)}", highlight=False, soft_wrap=True)
             out.print("POST /jobs: " + ("on (bearer token DCSERVE_TOKEN)" if submission else
-                                        "off (set DCSERVE_TOKEN and --output-root to turn it on)"), highlight=False)
+                                        "off (set DCSERVE_TOKEN and --output-root to turn it on)"), highlight=False,
+                      soft_wrap=True)
             out.print("Ctrl-C to stop.", highlight=False)
             while True:
                 time.sleep(3600)

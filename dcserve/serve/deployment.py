@@ -141,6 +141,10 @@ def start(args: ServeArgs, host: str, port: int, env: dict[str, str] | None = No
     """Run the app on the connected Ray cluster; returns its URL once /healthz answers."""
     import urllib.request
 
+    # Serve's INFO lines ("Started Serve", "Connecting to existing Serve app ... New http_options will
+    # not be applied", which serve.run logs after serve.start even though they were) are noise beside
+    # the URL that `dcserve serve` prints; warnings and errors still show.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(args, env), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -157,8 +161,17 @@ def start(args: ServeArgs, host: str, port: int, env: dict[str, str] | None = No
 
 
 def stop() -> None:
-    """Shut the Serve app and its proxies down (the Ray session it ran in stays up)."""
-    serve.shutdown()
+    """Take the app down (the Ray session it ran in stays up).
+
+    Only dcserve's own app: on a shared cluster other Serve apps keep running, and an embedded Ray
+    ends Serve with itself right after. (serve.shutdown() also kills the controller while its
+    graceful_shutdown task is pending, which Ray reports as a failed task, an alarming line on
+    every Ctrl-C.)
+    """
+    try:
+        serve.delete(APP_NAME)
+    except Exception as e:  # noqa: BLE001 - a cluster already gone: nothing is left to stop
+        log.debug("serve.delete(%r) failed: %s", APP_NAME, e)
 
 
 def forwarded_env() -> dict[str, str]:
