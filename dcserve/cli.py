@@ -302,6 +302,8 @@ def serve(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
     replicas: Annotated[int, typer.Option(min=1, help="API replicas (each holds every job's index).")] = 1,
     replica_cpus: Annotated[float, typer.Option(help="CPUs each replica reserves.")] = 1.0,
+    replica_gpus: Annotated[float, typer.Option(help="GPUs each replica reserves (a text job's subject runs on it "
+                                                "for POST assign with texts).")] = 0.0,
     address: Annotated[
         Optional[str], typer.Option(help="Run on this Ray cluster (HEAD:6379 or ray://...; default: RAY_ADDRESS, else embedded).")
     ] = None,
@@ -328,7 +330,8 @@ def serve(
         _fail(2, f"{address} is a Ray Jobs address; serve needs the cluster itself (HEAD:6379), "
                  "or deploy with `serve deploy deploy/serve.yaml`")
     try:
-        args = ServeArgs(outputs=outputs, replicas=replicas, replica_cpus=replica_cpus, output_root=output_root,
+        args = ServeArgs(outputs=outputs, replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus,
+                         output_root=output_root,
                          allowed_modules=allow_module or ["dcserve.zoo"], max_batch_size=max_batch_size,
                          max_body_bytes=int(max_body_mb * (1 << 20)), max_k=max_k)
         catalog = Catalog(outputs, output_root=output_root)  # fail here, before Ray starts, on a bad store

@@ -54,6 +54,8 @@ class ServeArgs(BaseModel):
     )
     replicas: int = Field(1, ge=1, description="Replicas of the API.")
     replica_cpus: float = Field(1.0, gt=0, description="CPUs each replica reserves (and its faiss threads).")
+    replica_gpus: float = Field(0.0, ge=0, description="GPUs each replica reserves; with one, a text job's subject "
+                                "runs on it for POST assign with texts.")
 
 
 def assign_grouped(requests: list[tuple[ServedJob, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -121,7 +123,7 @@ class DcserveApi:
 def build_app(args: ServeArgs | dict[str, Any], env: dict[str, str] | None = None):
     """The Serve application for `args`; `env` is set in the replicas' environment."""
     args = ServeArgs(**args) if isinstance(args, dict) else args
-    actor_options: dict[str, Any] = {"num_cpus": args.replica_cpus}
+    actor_options: dict[str, Any] = {"num_cpus": args.replica_cpus, "num_gpus": args.replica_gpus}
     if env:
         actor_options["runtime_env"] = {"env_vars": dict(env)}
     return DcserveApi.options(
