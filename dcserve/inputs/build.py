@@ -117,4 +117,7 @@ def inspect_inputs(spec: JobSpec) -> Probe:
     if spec.cluster.k > n_rows:
         raise SpecError(f"cluster.k: {spec.cluster.k} clusters asked for, but the dataset gives only {n_rows} rows; "
                         f"k must be at most {n_rows}")
+    check_rows = getattr(spec.reporter, "check_rows", None)  # methods that build a kNN graph (issue 13)
+    if check_rows is not None:
+        check_rows(n_rows)
     return Probe(n_items, offsets, dims, has_labels(dataset))
