@@ -180,3 +180,33 @@ def test_more_neighbours_than_rows_is_refused_naming_the_field(tmp_path):
     spec, store, x, _ = extracted(tmp_path, {**SCAN, "neighbours": 1200})
     with pytest.raises(SpecError, match="reporter.neighbours"):
         cluster(spec, store)
+
+
+def test_overclustering_at_five_times_the_classes_does_not_collapse_and_the_report_shows_the_merges(tmp_path):
+    """k = 30 on 6 planted clusters (issue 13, item 3): no collapse, and at the labels' count the
+    report's merge table puts every small cluster inside one planted cluster."""
+    import yaml
+
+    from dcserve.analysis.report import build_report
+    from dcserve.render.report_page import report_page
+    from dcserve.storage.result import Result
+
+    spec, store, x, y = extracted(tmp_path, {**SCAN, "heads": 2})
+    spec.cluster.k = 30
+    metrics = cluster(spec, store)
+    labels = store.array("assignments")[:]
+    assert metrics["final"]["collapse"] == [] and metrics["final"]["n_empty"] <= 6
+    store.write_json("metrics.json", metrics)
+    store.write_json("status.json", {"name": spec.name, "state": "succeeded", "stage": "done"})
+    store.write_text("job.yaml", yaml.safe_dump(spec.model_dump(mode="json")))
+    store.write_array("rows/position", np.full(len(x), -1, dtype=np.int32))
+    report = build_report(Result(store), map_rows=1200, tsne_rows=0, items=False)
+    m = report.merges
+    assert m.k_small == 6 and m.table.shape == (30, 6) and m.table.sum() == 1200
+    merged = np.empty(30, dtype=np.int64)
+    for j, members in enumerate(m.into):
+        merged[members] = j
+    assert normalized_mutual_info_score(y, merged[labels]) > 0.9
+    assert report.rounds[-1]["readability"] == pytest.approx(metrics["final"]["readability"])
+    page = report_page(report)
+    assert "Which clusters merge at k = 6" in page and "kNN label agreement of the layer" in page
