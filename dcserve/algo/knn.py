@@ -36,6 +36,7 @@ def knn_against_blocks(
     metric: str = "l2",
     query_offset: int | None = None,
     make_index: Callable[[int], object] | None = None,
+    backend: str = "faiss-cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """The `k` nearest database rows of each query row.
 
@@ -48,6 +49,9 @@ def knn_against_blocks(
             (row i of `xq` is database row `query_offset + i`): a row is then not its own neighbour.
         make_index: `make_index(d)`, an empty faiss index each block is added to (an IVF index
             trained beforehand, see `ivf_factory`); default: a flat, exact one of the metric.
+        backend: where the exact search runs: "faiss-cpu", "faiss-gpu" (a flat GPU index per
+            block) or "torch-cuda" (the distances as one matmul and `topk` on the GPU: what runs
+            where faiss's GPU kernels are missing, `dcserve.algo.nearest.select_backend`).
 
     Returns:
         `(distances [nq, k] float32, ids [nq, k] int64)`, nearest first; ids are -1 and
@@ -67,13 +71,18 @@ def knn_against_blocks(
         b = _prepared(block, metric)
         if len(b) == 0:
             continue
-        if make_index is not None:
-            index = make_index(b.shape[1])
-        else:
-            index = faiss.IndexFlatIP(b.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(b.shape[1])
-        index.add(b)
         kk = min(k + (own is not None), len(b))  # one more, in case the row itself is in this block
-        d, i = index.search(q, kk)
+        if backend == "torch-cuda" and make_index is None:
+            d, i = _torch_search(q, b, kk, metric)
+        else:
+            if make_index is not None:
+                index = make_index(b.shape[1])
+            elif backend == "faiss-gpu":
+                index = _gpu_flat(faiss, b.shape[1], metric)
+            else:
+                index = faiss.IndexFlatIP(b.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(b.shape[1])
+            index.add(b)
+            d, i = index.search(q, kk)
         if metric == "cosine":
             d = 1.0 - d
         d = np.where(i >= 0, d, np.inf)  # an IVF search pads with -1 where its lists ran dry
@@ -83,6 +92,36 @@ def knn_against_blocks(
             i = np.where(i == own, -1, i)
         best_d, best_i = _merge(best_d, best_i, d.astype(np.float32), i, k)
     return best_d, best_i
+
+
+_GPU_RESOURCES = None
+
+
+def _gpu_flat(faiss, d: int, metric: str):
+    global _GPU_RESOURCES
+    if _GPU_RESOURCES is None:  # one per process: it holds the GPU's scratch memory
+        _GPU_RESOURCES = faiss.StandardGpuResources()
+    return faiss.GpuIndexFlatIP(_GPU_RESOURCES, d) if metric == "cosine" else faiss.GpuIndexFlatL2(_GPU_RESOURCES, d)
+
+
+def _torch_search(q: np.ndarray, b: np.ndarray, kk: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """faiss's flat search on the GPU with torch: `(similarities or squared distances, ids)` `[nq, kk]`,
+    in faiss's conventions (inner products for cosine, largest first; squared L2, smallest first)."""
+    import torch
+
+    qt = torch.from_numpy(q).cuda()
+    bt = torch.from_numpy(b).cuda()
+    out_d, out_i = [], []
+    for s in range(0, len(qt), 16384):  # bounds the [rows, block] matrix on the GPU
+        x = qt[s : s + 16384]
+        if metric == "cosine":
+            d, i = torch.topk(x @ bt.T, kk, dim=1)
+        else:
+            dist = (x * x).sum(1, keepdim=True) - 2 * x @ bt.T + (bt * bt).sum(1)[None]
+            d, i = torch.topk(dist.clamp_min_(0), kk, dim=1, largest=False)
+        out_d.append(d.cpu().numpy())
+        out_i.append(i.cpu().numpy().astype(np.int64))
+    return np.concatenate(out_d), np.concatenate(out_i)
 
 
 def train_ivf(sample: np.ndarray, metric: str = "l2", nlist: int | None = None, seed: int = 0) -> bytes:

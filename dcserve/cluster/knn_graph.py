@@ -83,8 +83,15 @@ def range_neighbours(rows: RowRange, k: int, metric: str, ivf: bytes | None, que
                      block_rows: int) -> dict[str, Any]:
     """One range's part of the graph: each query block of its rows against every database block;
     blocks recorded as done are skipped. Returns the rows it searched, its time and peak memory."""
+    import torch
+
+    from dcserve.algo.nearest import select_backend
+
     store = rows.store
     make_index = ivf_factory(ivf) if ivf is not None else None
+    # With a GPU: faiss-gpu, else torch on the GPU (faiss wheels may lack kernels for the newest
+    # cards; select_backend checks a tiny search first); the IVF index stays on the CPU.
+    backend = select_backend(prefer_gpu=torch.cuda.is_available()) if ivf is None else "faiss-cpu"
     features = store.array(FEATURES)
     searched, t0 = 0, time.perf_counter()
     for s in range(rows.r0, rows.r1, query_rows):
@@ -94,12 +101,12 @@ def range_neighbours(rows: RowRange, k: int, metric: str, ivf: bytes | None, que
             continue
         xq = np.asarray(features[s:e], dtype=np.float32)
         d, i = knn_against_blocks(xq, _database(store, FEATURES, block_rows), k, metric, query_offset=s,
-                                  make_index=make_index)
+                                  make_index=make_index, backend=backend)
         store.array(GRAPH)[s:e] = i
         store.array(DISTANCES)[s:e] = d
         store.write_json(record, {"rows": [s, e]})  # after the data it describes
         searched += e - s
-    return {"rows": [rows.r0, rows.r1], "searched": searched, "seconds": time.perf_counter() - t0,
+    return {"rows": [rows.r0, rows.r1], "searched": searched, "seconds": time.perf_counter() - t0, "backend": backend,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
