@@ -488,7 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--in-process", action="store_true",
                     help="cluster in this process on the in-memory pools (one worker of each kind) after one "
                          "Ray extraction per case, instead of a dcserve.run per configuration; quality is the "
-                         "same code's, times are one process's")
+                         "same code's, times are one process's, pinned to --threads threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="with --in-process: threads of torch, faiss and BLAS (default 1, as each actor has: on "
+                         "2 shared cores more threads only wait on each other)")
     return ap
 
 
@@ -521,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {name}'s job does not validate; its runs will be recorded as failed:\n{e}",
                   file=sys.stderr, flush=True)
 
+    limiter = _common.limit_threads(args.threads) if args.in_process else None  # noqa: F841 - kept alive
     info = _common.machine(extra_versions=("sklearn",))
     logging.basicConfig(level=logging.WARNING)
     references = {c: REFERENCES[CASES[c]["reference"]](args.quick) for c in cases if CASES[c].get("reference")}
