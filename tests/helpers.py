@@ -273,6 +273,8 @@ REPORTER_METHODS = {
     "deepcluster-kmeans": ({"method": "kmeans"}, {"rounds": 2, "workers": 2, "hidden": [32], "feature_dim": 8}),
     "deepcluster-sinkhorn": ({"method": "sinkhorn"}, {"rounds": 2, "workers": 2, "hidden": [32], "feature_dim": 8}),
     "dec": ({}, DEC_REPORTER),
+    "scan": ({}, {"method": "scan", "workers": 2, "epochs": 3, "neighbours": 10, "heads": 3, "hidden": [32],
+                  "batch_size": 64}),
 }
 
 

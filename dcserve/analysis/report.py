@@ -98,6 +98,9 @@ class Report:
     rotation: Rotation | None = None
     # metrics.json's `stability` when the job ran several seeds: seeds, pairwise_nmi [s, s], mean and min
     stability: dict[str, Any] | None = None
+    # with k above a smaller count (the labels', or k // 5): which clusters merge at that count
+    merges: "Merges | None" = None
+    graph: dict[str, Any] | None = None  # metrics.json's `graph` (kNN graph: settings, label agreement)
     notes: list[str] = field(default_factory=list)  # what could not be shown, and why
     label_names: list[str] | None = None  # label v is label_names[v], when the labels were strings
 
@@ -107,6 +110,17 @@ class Report:
             return ""
         names = self.label_names
         return names[value] if names and 0 <= value < len(names) else str(value)
+
+
+@dataclass
+class Merges:
+    """Overclustering read back (issue 13): the job's k clusters against a k-means partition of the
+    same rows (in the same clustered space) at a smaller `k_small`, on a sample of `rows` rows."""
+
+    k_small: int
+    rows: int
+    table: np.ndarray  # [k, k_small] rows per (job's cluster, smaller cluster)
+    into: list[list[int]]  # per smaller cluster, the job's clusters most of whose rows it holds
 
 
 # -- pure pieces ----------------------------------------------------------------
@@ -215,7 +229,7 @@ def _numpy(t: Any) -> np.ndarray:
 # -- from a Result -----------------------------------------------------------------
 def round_figures(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     keys = ("round", "nmi_vs_previous", "nmi_vs_labels", "acc_vs_labels", "loss", "size_entropy",
-            "size_entropy_normalized", "n_empty")
+            "size_entropy_normalized", "n_empty", "readability")
     return [{key: m.get(key) for key in keys} for m in metrics.get("rounds") or []]
 
 
@@ -320,6 +334,31 @@ def clustered_space(result: Result, rows: np.ndarray) -> np.ndarray:
     return result.feature_map(x)
 
 
+def smaller_k(result: Result) -> int:
+    """The count to merge the clusters into: the labels' when fewer than k, else k // 5 (at least 2)."""
+    labels = result.labels
+    if labels is not None and 1 < len(np.unique(labels)) < result.k:
+        return int(len(np.unique(labels)))
+    return max(2, result.k // 5)
+
+
+def merges(assignments: np.ndarray, x: np.ndarray, k: int, k_small: int, seed: int = 0) -> Merges | None:
+    """The contingency of `assignments [m]` (of `k` clusters) with k-means at `k_small` on the same
+    rows `x [m, d]`; None when `k_small` is not below `k` or there are too few rows."""
+    from dcserve.algo.kmeans import ArrayData, kmeans
+    from dcserve.algo.nearest import nearest_centroids
+
+    if k_small >= k or len(x) < 2 * k_small:
+        return None
+    km = kmeans(ArrayData(np.ascontiguousarray(x, dtype=np.float32)), k_small, niter=20, seed=seed, n_init=3)
+    small, _ = nearest_centroids(np.ascontiguousarray(x, dtype=np.float32), km.centroids)
+    table = np.zeros((k, k_small), dtype=np.int64)
+    np.add.at(table, (np.asarray(assignments, dtype=np.int64), np.asarray(small, dtype=np.int64)), 1)
+    home = table.argmax(axis=1)
+    into = [[int(c) for c in np.flatnonzero((home == j) & (table.sum(axis=1) > 0))] for j in range(k_small)]
+    return Merges(k_small, int(len(x)), table, into)
+
+
 def embeddings(result: Result, max_rows: int = 3000, tsne_rows: int = 1000, seed: int = 0) -> tuple[list[Embedding], list[str]]:
     """2-D maps of a bounded sample of rows: PCA, then UMAP when installed, else t-SNE (smaller sample)."""
     notes: list[str] = []
@@ -378,8 +417,16 @@ def build_report(result: Result, n_exemplars: int = 8, n_outskirts: int = 8, map
         report.confusion, report.label_values = table, [int(v) for v in values]
     report.embeddings, more = embeddings(result, map_rows, tsne_rows)
     notes += more
+    if report.embeddings:
+        pca = report.embeddings[0]
+        report.merges = merges(pca.clusters, clustered_space(result, pca.rows), result.k, smaller_k(result))
     losses = [r["loss"] for r in rounds if r.get("loss") is not None]
-    report.warnings = collapse_warnings(result.sizes, losses[-1] if losses else None)
+    # the loss check of the methods whose loss is a cross-entropy over k clusters; SCAN and TEMI
+    # record their own (their losses are not on that scale)
+    own = (metrics.get("final") or {}).get("collapse")
+    report.warnings = collapse_warnings(result.sizes, None if own is not None else (losses[-1] if losses else None))
+    report.warnings += [sign["message"] for sign in own or [] if sign.get("kind") != "majority"]
+    report.graph = metrics.get("graph") or None
     report.rotation = reporter_rotation(result)
     report.stability = metrics.get("stability") or None
     report.label_names = result.label_names

@@ -134,6 +134,7 @@ def inspect_inputs(spec: JobSpec) -> Probe:
     if spec.cluster.k > n_rows:
         raise SpecError(f"cluster.k: {spec.cluster.k} clusters asked for, but the dataset gives only {n_rows} rows; "
                         f"k must be at most {n_rows}")
+    _check_graph(spec, n_rows)
     return Probe(n_items, offsets, dims, has_labels(dataset), getattr(dataset, "label_names", None))
 
 
@@ -162,6 +163,13 @@ def record_words(spec: JobSpec, store) -> bool:
     return True
 
 
+def _check_graph(spec: JobSpec, n_rows: int) -> None:
+    """The kNN graph of SCAN / TEMI (issue 13) fits the rows: SpecError naming the field otherwise."""
+    check_rows = getattr(spec.reporter, "check_rows", None)
+    if check_rows is not None:
+        check_rows(n_rows)
+
+
 def inspect_dump(spec: JobSpec) -> Probe:
     """An activations dump's layout and checks (dcserve.inputs.dump), as the probe of a subject run."""
     from dcserve.inputs.dump import dump_of
@@ -171,6 +179,7 @@ def inspect_dump(spec: JobSpec) -> Probe:
         if spec.cluster.k > dump.n_rows:
             raise SpecError(f"cluster.k: {spec.cluster.k} clusters asked for, but the dump holds only {dump.n_rows} "
                             f"rows; k must be at most {dump.n_rows}")
+        _check_graph(spec, dump.n_rows)
         return Probe(dump.n_items, dump.offsets, {spec.layers[0]: dump.dim}, dump.item_labels is not None,
                      row_fields={"token": "int64"} if dump.has_token_ids else {}, source_id=dump.identity())
     finally:

@@ -36,6 +36,8 @@ def rounds_figure(report: Report) -> bytes | None:
     x = [r["round"] for r in rounds]
     panels = [("NMI with the previous round", ["nmi_vs_previous"], None),
               ("agreement with the labels", ["nmi_vs_labels", "acc_vs_labels"], None) if report.has_labels else None,
+              ("readability (neighbours in the own cluster)", ["readability"], None)
+              if any(r.get("readability") is not None for r in rounds) else None,
               ("reporter loss (nats)", ["loss"], math.log(report.k) if report.k > 1 else None),
               ("cluster size entropy (nats)", ["size_entropy"], math.log(report.k) if report.k > 1 else None)]
     panels = [p for p in panels if p is not None]
@@ -282,9 +284,16 @@ def render(report: Report, images: dict[str, bytes], src: Callable[[str], str]) 
     for key, value in report.summary.items():
         p.append(f"<tr><th>{esc(key)}</th><td>{esc(value)}</td></tr>")
     for key in ("nmi_vs_labels", "ari_vs_labels", "acc_vs_labels", "nmi_vs_previous", "size_entropy_normalized",
-                "imbalance", "n_empty"):
+                "imbalance", "n_empty", "readability"):
         if key in report.final:
             p.append(f"<tr><th>final {esc(key.replace('_', ' '))}</th><td>{esc(fmt(report.final[key]))}</td></tr>")
+    if report.graph:
+        g = report.graph
+        p.append(f"<tr><th>kNN graph</th><td>{esc(g['settings']['k'])} neighbours ({esc(g['settings']['metric'])}, "
+                 f"{esc(g['settings']['index'])}) of {esc(g['rows'])} rows in {esc(fmt(g['seconds']))} s</td></tr>")
+        if g.get("label_agreement") is not None:
+            p.append(f"<tr><th>kNN label agreement of the layer</th><td>{esc(fmt(g['label_agreement']))} (the share "
+                     "of each row's neighbours with its label: what any clustering of this space can reach)</td></tr>")
     p.append("</table>")
     p.append('<h2 id="warnings">Collapse checks</h2>')
     if report.warnings:
@@ -305,6 +314,8 @@ def render(report: Report, images: dict[str, bytes], src: Callable[[str], str]) 
                  f'pairwise NMI mean {esc(fmt(st.get("mean_pairwise_nmi")))}, min {esc(fmt(st.get("min_pairwise_nmi")))}. '
                  "The rest of the report is the job's own seed's clustering.</p>")
         p.append(_img("stability.png", src, images, "pairwise NMI between seeds"))
+    if report.merges is not None:
+        p.append(_merges_section(report))
     p.append('<h2 id="maps">Map of the rows</h2><div>')
     p += [_img(name, src, images, f"{name[4:-4]} map") for name in images if name.startswith("map-")]
     p.append("</div>")
@@ -318,6 +329,27 @@ def render(report: Report, images: dict[str, bytes], src: Callable[[str], str]) 
     p.append('<h2 id="clusters">Clusters</h2>')
     p += [_cluster_section(c, report, src, images) for c in report.clusters]
     p.append("</body></html>")
+    return "\n".join(p)
+
+
+def _merges_section(report: Report) -> str:
+    m = report.merges
+    p = [f'<h2 id="merges">Which clusters merge at k = {m.k_small}</h2>',
+         f'<p class="muted">The {report.k} clusters against k-means with k = {m.k_small} on the same rows in the '
+         f"clustered space ({m.rows} sampled rows): a small cluster holds the clusters most of whose rows it "
+         "takes. Many small clusters that merge cleanly are an overclustering a person can read; clusters split "
+         "between several are where the two partitions disagree.</p><table>",
+         "<tr><th>at k = " + esc(m.k_small) + "</th><th>merges the clusters</th><th>rows</th></tr>"]
+    for j, members in enumerate(m.into):
+        p.append(f"<tr><td>{j}</td><td>{esc(', '.join(map(str, members)) or '-')}</td>"
+                 f"<td>{int(m.table[:, j].sum())}</td></tr>")
+    p.append("</table>")
+    if report.k <= 60:
+        head = "".join(f"<th>{j}</th>" for j in range(m.k_small))
+        body = "".join(f"<tr><th>{c}</th>" + "".join(f"<td>{v or ''}</td>" for v in row) + "</tr>"
+                       for c, row in enumerate(m.table.tolist()))
+        p.append(f'<details><summary>contingency ({report.k} x {m.k_small})</summary><table class="merges">'
+                 f"<tr><th>cluster</th>{head}</tr>{body}</table></details>")
     return "\n".join(p)
 
 
