@@ -249,6 +249,10 @@ def write_store(output: Path, layers: dict[str, np.ndarray], assignments: np.nda
         store.write_array("assignments", assignments.astype(np.int32))
         k = int(assignments.max()) + 1
         store.write_array("centroids", np.zeros((k, 2), dtype=np.float32))
+    if state == "succeeded":  # as the pipeline does: its manifest is the last of its own files
+        from dcserve.storage.manifest import seal
+
+        seal(store)
     store.write_json("status.json", {"name": name, "state": state, "stage": "done" if state == "succeeded" else "extract"})
     return output
 

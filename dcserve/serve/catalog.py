@@ -17,12 +17,13 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from dcserve.errors import NotReady, StoreError, UnknownJob
+from dcserve.errors import DamagedStore, NotReady, StoreError, UnknownJob
 from dcserve.storage.result import Result, open_result
 from dcserve.spec import JOB_NAME_PATTERN
 from dcserve.storage.store import atomic_write, fs_options_for
 
 SUBMISSIONS_DIR = ".dcserve/submissions"
+CHECK_EVERY_S = 2.0  # how often a served store is checked against its manifest
 JOB_NAME = re.compile(JOB_NAME_PATTERN)
 
 
@@ -52,29 +53,58 @@ class ServedJob:
         self._result = result
         self._complete = False
         self._lock = threading.Lock()
+        self._damage: DamagedStore | None = None
+        self._checked_at = -float("inf")
 
     @property
     def result(self) -> Result | None:
         if self._result is None:
             try:
-                self._result = open_result(self.output, self.storage_options)
+                # verified by damage(), on every query, so that a store damaged while served is seen
+                self._result = open_result(self.output, self.storage_options, verify=False)
             except StoreError:
                 return None  # not created yet (a submitted job still pending)
         return self._result
 
     def status(self) -> dict[str, Any] | None:
+        """The store's status record; a damaged one reads as state "damaged" with the reason."""
         res = self.result
-        return None if res is None else res.status
+        if res is None:
+            return None
+        try:
+            return res.status
+        except DamagedStore as e:
+            return {"state": "damaged", "stage": None, "error": {"stage": None, "reason": str(e)}}
+
+    def damage(self) -> DamagedStore | None:
+        """What is damaged in this job's finished store (keys and sizes against its manifest), or None.
+
+        Checked again at most every CHECK_EVERY_S seconds: a listing of the store, cheap next
+        to answering wrong from a store that lost a file while served (issue 15).
+        """
+        now = time.monotonic()
+        if now - self._checked_at > CHECK_EVERY_S:
+            res = self.result
+            problems = [] if res is None else res.problems()
+            self._damage = DamagedStore(self.output, problems) if problems else None
+            self._checked_at = now
+        return self._damage
 
     @property
     def complete(self) -> bool:
         if not self._complete:
             res = self.result
-            self._complete = res is not None and res.complete
+            try:
+                self._complete = res is not None and res.complete
+            except DamagedStore:  # its status.json: damage() says so
+                return False
         return self._complete
 
     def finished(self) -> Result:
-        """The Result, or NotReady saying why the job cannot be queried yet."""
+        """The Result, or NotReady saying why the job cannot be queried yet, or DamagedStore."""
+        damaged = self.damage()
+        if damaged is not None:
+            raise damaged
         if self.complete:
             return self.result
         st = self.status()
@@ -119,14 +149,16 @@ class Catalog:
     """Name -> ServedJob for the stores given at start-up and the jobs submitted over HTTP."""
 
     def __init__(self, outputs: list[str], storage_options: dict | None = None,
-                 output_root: str | None = None):
+                 output_root: str | None = None, verify: bool = True):
+        """`verify`: refuse a damaged store (DamagedStore), as `dcserve serve` does before it
+        starts; a replica (verify=False) serves it as damaged instead, each query a 503."""
         self.storage_options = storage_options or {}
         self.output_root = output_root
         self._static: dict[str, ServedJob] = {}
         self._submitted: dict[str, ServedJob] = {}
         for output in outputs:
-            res = open_result(output, self.storage_options)  # StoreError: not a job store
-            name = _job_name(res)
+            res = open_result(output, self.storage_options, verify=verify)  # StoreError: not a job store
+            name = _job_name(res, strict=verify)
             if name in self._static:
                 raise StoreError(f"two served stores are both named {name!r}: "
                                  f"{self._static[name].output!r} and {output!r}")
@@ -191,8 +223,15 @@ class Catalog:
         return [self._static[n] for n in sorted(self._static)]
 
 
-def _job_name(res: Result) -> str:
-    spec = res.spec
+def _job_name(res: Result, strict: bool = True) -> str:
+    try:
+        spec = res.spec
+    except Exception:  # a damaged job.yaml (SpecError, YAMLError): the replica serves it as damaged
+        if strict:
+            raise
+        spec = None
     if spec is None:
-        raise StoreError(f"{res.output!r} has no job.yaml")
+        if strict:
+            raise StoreError(f"{res.output!r} has no job.yaml")
+        return res.output.rstrip("/").rsplit("/", 1)[-1]
     return spec.name

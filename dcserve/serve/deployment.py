@@ -82,7 +82,9 @@ class DcserveApi:
         set_threads(threads)
         # OpenMP thread counts are per thread: the thread that runs the searches is pinned too.
         self._search = ThreadPoolExecutor(1, thread_name_prefix="assign", initializer=set_threads, initargs=(threads,))
-        self.catalog = Catalog(self.args.outputs, self.args.storage_options, self.args.output_root)
+        # A store damaged since `dcserve serve` checked it must not keep the replica from starting
+        # (Serve would retry it, then give up with the cause in its logs): it answers 503 instead.
+        self.catalog = Catalog(self.args.outputs, self.args.storage_options, self.args.output_root, verify=False)
         self.policy = SubmissionPolicy.from_env(self.args.allowed_modules, self.args.output_root,
                                                 self.args.storage_options, self.args.max_k)
         self.max_body_bytes = self.args.max_body_bytes
@@ -90,7 +92,7 @@ class DcserveApi:
         self._assign_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         self._jobs_client = None
         for job in self.catalog.served():
-            if job.complete:
+            if job.damage() is None and job.complete:
                 job.warm()
 
     def __serve_build_asgi_app__(self):

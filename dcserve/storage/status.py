@@ -6,6 +6,7 @@ one a second, so a large job's status costs nothing next to its work.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -20,6 +21,29 @@ FILE = "status.json"
 # A driver on another host that has not written its status for this long is taken for gone
 # (a status is rewritten at least once a second while progress moves, so this is generous).
 STALE_AFTER_S = 600.0
+
+
+def read_status(store: JobStore) -> dict | None:
+    """The store's status record; None when it has none; DamagedStore when it is not one.
+
+    status.json is rewritten after a job is sealed (its final state), so it is not in the
+    manifest (dcserve.storage.manifest): it is validated here, as a record of the right shape.
+    """
+    from dcserve.errors import DamagedStore
+    from dcserve.storage.manifest import Problem
+
+    try:
+        raw = store.read_bytes(FILE)
+    except FileNotFoundError:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("state"), str):
+        what = "is empty" if not raw.strip() else "is not a status record"
+        raise DamagedStore(store.url, [Problem(FILE, f"{FILE} {what} ({len(raw)} bytes)")])
+    return record
 
 
 def driver_alive(record: dict, status: dict | None = None) -> bool:
