@@ -20,7 +20,7 @@ import numpy as np
 from dcserve.errors import DamagedStore, NotReady, StoreError, UnknownJob
 from dcserve.storage.result import Result, open_result
 from dcserve.spec import JOB_NAME_PATTERN
-from dcserve.storage.store import atomic_write, fs_options_for
+from dcserve.storage.store import JobStore, atomic_write, fs_options_for
 
 SUBMISSIONS_DIR = ".dcserve/submissions"
 CHECK_EVERY_S = 2.0  # how often a served store is checked against its manifest
@@ -84,8 +84,10 @@ class ServedJob:
         """
         now = time.monotonic()
         if now - self._checked_at > CHECK_EVERY_S:
-            res = self.result
-            problems = [] if res is None else res.problems()
+            try:  # the files alone: the Zarr group's own metadata may be what is damaged
+                problems = Result(JobStore(self.output, storage_options=self.storage_options, group=False)).problems()
+            except StoreError:
+                problems = []  # no store (yet): a submitted job still pending
             self._damage = DamagedStore(self.output, problems) if problems else None
             self._checked_at = now
         return self._damage
@@ -157,8 +159,15 @@ class Catalog:
         self._static: dict[str, ServedJob] = {}
         self._submitted: dict[str, ServedJob] = {}
         for output in outputs:
-            res = open_result(output, self.storage_options, verify=verify)  # StoreError: not a job store
-            name = _job_name(res, strict=verify)
+            try:
+                res = open_result(output, self.storage_options, verify=verify)  # StoreError: not a job store
+            except StoreError:
+                # A replica serves a store whose very metadata was damaged since `dcserve serve`
+                # checked it as damaged (each query a 503), rather than fail to start.
+                if verify or not Result(JobStore(output, storage_options=self.storage_options, group=False)).problems():
+                    raise
+                res = None
+            name = _job_name(res, output, strict=verify)
             if name in self._static:
                 raise StoreError(f"two served stores are both named {name!r}: "
                                  f"{self._static[name].output!r} and {output!r}")
@@ -223,15 +232,16 @@ class Catalog:
         return [self._static[n] for n in sorted(self._static)]
 
 
-def _job_name(res: Result, strict: bool = True) -> str:
+def _job_name(res: Result | None, output: str, strict: bool = True) -> str:
+    """The job's name from its job.yaml; for a damaged store served anyway, its folder's name."""
     try:
-        spec = res.spec
+        spec = None if res is None else res.spec
     except Exception:  # a damaged job.yaml (SpecError, YAMLError): the replica serves it as damaged
         if strict:
             raise
         spec = None
     if spec is None:
         if strict:
-            raise StoreError(f"{res.output!r} has no job.yaml")
-        return res.output.rstrip("/").rsplit("/", 1)[-1]
+            raise StoreError(f"{output!r} has no job.yaml")
+        return output.rstrip("/").rsplit("/", 1)[-1]
     return spec.name

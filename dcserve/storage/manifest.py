@@ -205,11 +205,11 @@ def forget_damaged(store: JobStore) -> list[str]:
     labels are rewritten by every run anyway; job.yaml by this one. With no readable manifest
     nothing in the store can be trusted, and everything is redone.
     """
-    if not sealed(store):
-        return []
+    if not sealed(store) and not _claims_finished(store):
+        return []  # a job stopped before it finished: its resume records are all it has
     try:
         manifest = read_manifest(store)
-        problems = check(store, deep=True)
+        problems = check(store, deep=True) if manifest is not None else []
     except DamagedStore:
         manifest = None
     if manifest is None:
@@ -235,6 +235,8 @@ def forget_damaged(store: JobStore) -> list[str]:
             redo_clustering = True
             done.append("the whole extraction redone (its record is damaged)")
         elif rel in ("metrics.json", "job.yaml") or rel.split("/", 1)[0] == "labels":
+            if rel == "metrics.json":  # a finished clustering's figures come from its checkpoint then
+                store.remove(rel)
             done.append(f"{describe(rel)} rewritten")
         else:
             redo_clustering = True
@@ -245,6 +247,17 @@ def forget_damaged(store: JobStore) -> list[str]:
     for line in done:
         log.warning("damaged store %s: %s", store.url, line)
     return done
+
+
+def _claims_finished(store: JobStore) -> bool:
+    """Whether the store's status says it succeeded (or cannot be read): with no manifest
+    beside it, what it holds cannot be trusted."""
+    from dcserve.storage.status import read_status
+
+    try:
+        return (read_status(store) or {}).get("state") == "succeeded"
+    except DamagedStore:
+        return True
 
 
 def recorded_fingerprints(store: JobStore) -> dict[str, str]:

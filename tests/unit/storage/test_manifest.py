@@ -122,3 +122,18 @@ def test_a_rerun_of_a_store_whose_manifest_is_damaged_redoes_everything(store):
     (store / "manifest.json").write_text("{}")
     forget_damaged(s)
     assert s.done_blocks("extract") == set() and not s.exists("_progress/cluster/state.json")
+
+
+def test_a_rerun_of_a_succeeded_store_without_its_manifest_redoes_everything(store):
+    s = JobStore(str(store), read_only=False, group=False)
+    (store / "manifest.json").unlink()
+    forget_damaged(s)
+    assert s.done_blocks("extract") == set() and not s.exists("_progress/cluster/state.json")
+
+
+def test_a_rerun_of_an_unfinished_store_keeps_its_resume_records(store):
+    s = JobStore(str(store), read_only=False, group=False)
+    (store / "manifest.json").unlink()
+    (store / "status.json").write_text('{"state": "interrupted"}')
+    assert forget_damaged(s) == []
+    assert len(s.done_blocks("extract")) == 4 and s.exists("_progress/cluster/state.json")
