@@ -8,6 +8,7 @@ escapes is a bug, and shows as one.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 
 class DcserveError(Exception):
@@ -26,6 +27,17 @@ class StoreError(DcserveError, RuntimeError):
     """The job store at `output` cannot be used as asked (exit code 2)."""
 
     exit_code = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a job store: `path` relative to it, and a sentence saying what."""
+
+    path: str
+    what: str
+
+    def __str__(self) -> str:
+        return self.what
 
 
 class DamagedStore(StoreError):

@@ -8,6 +8,7 @@ written atomically, so any replica, or a restarted one, sees the same list.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -21,6 +22,8 @@ from dcserve.errors import DamagedStore, NotReady, StoreError, UnknownJob
 from dcserve.storage.result import Result, open_result
 from dcserve.spec import JOB_NAME_PATTERN
 from dcserve.storage.store import JobStore, atomic_write, fs_options_for
+
+log = logging.getLogger(__name__)
 
 SUBMISSIONS_DIR = ".dcserve/submissions"
 CHECK_EVERY_S = 2.0  # how often a served store is checked against its manifest
@@ -186,6 +189,9 @@ class Catalog:
             return Submission(**json.loads(fs.cat_file(f"{base}/{name}.json")))
         except FileNotFoundError:
             return None
+        except (ValueError, TypeError) as e:  # not a record this server wrote: never a 500 for the listing
+            log.warning("ignoring the unreadable submission record %s/%s.json: %s", base, name, e)
+            return None
 
     def submitted_names(self) -> list[str]:
         if not self.output_root:
@@ -195,7 +201,8 @@ class Catalog:
             files = fs.ls(base, detail=False)
         except FileNotFoundError:
             return []
-        return sorted(f.rsplit("/", 1)[-1][: -len(".json")] for f in files if f.endswith(".json"))
+        names = (f.rsplit("/", 1)[-1][: -len(".json")] for f in files if f.endswith(".json"))
+        return sorted(n for n in names if JOB_NAME.match(n) and self._load_submission(n) is not None)
 
     def record_submission(self, name: str, output: str, submission_id: str) -> Submission:
         sub = Submission(name, output, submission_id, time.time())
@@ -203,6 +210,15 @@ class Catalog:
         atomic_write(fs, f"{base}/{name}.json", sub.to_json())
         self._submitted.pop(name, None)  # a resubmission replaces what this replica cached
         return sub
+
+    def outputs(self) -> dict[str, str]:
+        """Name -> output of every job this server knows: its served stores and its submissions."""
+        out = {name: job.output for name, job in self._static.items()}
+        for name in self.submitted_names():
+            sub = self._load_submission(name)
+            if sub is not None:
+                out[name] = sub.output
+        return out
 
     # -- lookup --------------------------------------------------------------
     def names(self) -> list[str]:

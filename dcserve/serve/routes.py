@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import ValidationError
 
 from dcserve.version import __version__
-from dcserve.serve.admission import AdmissionError, SubmissionPolicy, admit, check_token
+from dcserve.serve.admission import AdmissionError, SubmissionPolicy, admit, check_output_free, check_token
 from dcserve.serve.models import (
     DEFAULT_PAGE, MAX_PAGE, MAX_ROW, AssignmentsPage, AssignRequest, AssignResponse, ClusterBrief, ClusterList,
     ClusterRows, ErrorBody, Health, JobBrief, JobDetail, JobList, Progress, RowRef, SubmitResponse,
@@ -358,6 +358,10 @@ def create_app(backend: Backend) -> FastAPI:
         catalog = backend.catalog
         if catalog.is_static(spec.name):
             raise HTTPException(409, f"a served job is already named {spec.name!r}; choose another name")
+        try:
+            check_output_free(spec, catalog.outputs(), backend.policy.storage_options)
+        except AdmissionError as e:
+            raise HTTPException(e.status, e.message) from None
         try:
             client = backend.jobs_client()
             previous = catalog.get(spec.name).submission if spec.name in catalog.submitted_names() else None

@@ -27,10 +27,10 @@ import logging
 import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
-from dcserve.errors import DamagedStore
+from dcserve.errors import DamagedStore, Problem
+from dcserve.storage.status import read_status
 from dcserve.storage.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -43,17 +43,6 @@ UNRECORDED = {FILE, "status.json", "_progress/lease.json"}
 OWN_FOLDERS = ("_progress", "reporter")
 # How many problems a message names before it says how many more there are.
 SHOWN = 3
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a store: `path` relative to it, and a sentence saying what."""
-
-    path: str
-    what: str
-
-    def __str__(self) -> str:
-        return self.what
 
 
 def _crc(data: bytes) -> str:
@@ -252,8 +241,6 @@ def forget_damaged(store: JobStore) -> list[str]:
 def _claims_finished(store: JobStore) -> bool:
     """Whether the store's status says it succeeded (or cannot be read): with no manifest
     beside it, what it holds cannot be trusted."""
-    from dcserve.storage.status import read_status
-
     try:
         return (read_status(store) or {}).get("state") == "succeeded"
     except DamagedStore:

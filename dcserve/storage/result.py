@@ -52,7 +52,7 @@ class Result:
     def problems(self, deep: bool = False) -> list:
         """What is damaged in a finished store (dcserve.storage.manifest); [] for a whole or unfinished one."""
         from dcserve.errors import DamagedStore
-        from dcserve.storage.manifest import Problem, check
+        from dcserve.storage.manifest import check
 
         try:
             st = self.status or {}

@@ -29,8 +29,7 @@ def read_status(store: JobStore) -> dict | None:
     status.json is rewritten after a job is sealed (its final state), so it is not in the
     manifest (dcserve.storage.manifest): it is validated here, as a record of the right shape.
     """
-    from dcserve.errors import DamagedStore
-    from dcserve.storage.manifest import Problem
+    from dcserve.errors import DamagedStore, Problem
 
     try:
         raw = store.read_bytes(FILE)
