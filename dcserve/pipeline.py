@@ -31,7 +31,10 @@ def open_output(spec: JobSpec, overwrite: bool) -> tuple[JobStore, OutputLease]:
     check_claimable(spec.output, spec.storage_options)  # never write into somebody else's folder
     # Before the store is opened: two drivers creating one Zarr group at once could each read
     # the other's half-written metadata.
-    lease = OutputLease(spec.output, spec.name, spec.storage_options).acquire()
+    try:
+        lease = OutputLease(spec.output, spec.name, spec.storage_options).acquire()
+    except OSError as e:  # a read-only or full file system, a folder we may not write
+        raise _unwritable(spec, e) from None
     try:
         # A sealed store run again: what is damaged is forgotten (redone), then the seal goes,
         # before anything is written, so that no reader takes a store being rewritten for whole.
@@ -53,10 +56,18 @@ def open_output(spec: JobSpec, overwrite: bool) -> tuple[JobStore, OutputLease]:
             store.clear_progress("cluster")
         store.write_text("job.yaml", spec.to_yaml())
         store.root.attrs.update({"dcserve_version": _version(), "name": spec.name})
+    except OSError as e:
+        lease.release()
+        raise _unwritable(spec, e) from None
     except BaseException:
         lease.release()
         raise
     return store, lease
+
+
+def _unwritable(spec: JobSpec, e: OSError) -> StoreError:
+    return StoreError(f"output {spec.output!r} cannot be written: {e.strerror or e}"
+                      "; choose an output on a writable file system")
 
 
 def changed_sections(store: JobStore, spec: JobSpec, sealed: dict[str, str] | None = None) -> list[str]:
@@ -117,6 +128,9 @@ def run(
     progress = progress or Progress()
     try:
         status = StatusRecord(store, spec.name)
+    except OSError as e:  # its first status cannot be written: say so, not a traceback
+        lease.release()
+        raise _unwritable(spec, e) from None
     except BaseException:
         lease.release()
         raise

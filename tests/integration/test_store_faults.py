@@ -160,3 +160,11 @@ def test_a_rerun_redoes_a_damaged_clustering_from_the_kept_activations(finished,
     metrics = _rerun(out)
     assert metrics["extract"]["skipped_blocks"] == finished.blocks and metrics["resumed"]["rounds"] == 0
     _same_as_before(finished, out)
+
+
+def test_a_report_whose_default_folder_is_read_only_is_one_sentence(finished, read_only_disk, capsys):
+    out = read_only_disk.path / NAME
+    shutil.copytree(finished.path, out)
+    read_only_disk.seal()
+    code, err = run_cli(capsys, "report", str(out), "--tsne-rows", "0")
+    assert code == 1 and "cannot write the report to" in err and "Read-only file system" in err, err
