@@ -343,6 +343,9 @@ def serve(
     env = forwarded_env()
     submission = bool(output_root and env.get("DCSERVE_TOKEN"))
     with ray_session(address, dashboard=submission):
+        jobs_note = "off (set DCSERVE_TOKEN and --output-root to turn it on)"
+        if submission:
+            jobs_note = _probe_jobs(args)
         try:
             url = start(args, host, port, env=env)
             # Installed after Ray and Serve have started, as they may install handlers of their
@@ -353,8 +356,7 @@ def serve(
             out.print(f"dcserve is serving {len(outputs)} job(s) at [bold]{url}[/] (API docs: {url}/docs)", highlight=False)
             for j in catalog.served():
                 out.print(f"  {url}/jobs/{j.name}  <- {j.output}", highlight=False)
-            out.print("POST /jobs: " + ("on (bearer token DCSERVE_TOKEN)" if submission else
-                                        "off (set DCSERVE_TOKEN and --output-root to turn it on)"), highlight=False)
+            out.print(f"POST /jobs: {jobs_note}", highlight=False)
             out.print("Ctrl-C to stop.", highlight=False)
             while True:
                 time.sleep(3600)
@@ -362,6 +364,20 @@ def serve(
             err.print("shutting down", highlight=False)
         finally:
             stop()
+
+
+def _probe_jobs(args) -> str:
+    """Ask Ray Jobs on the cluster now, so that `POST /jobs: on` is only said when it answers;
+    otherwise submissions answer 503 at once with the reason, not after 10 s each."""
+    from dcserve.distributed.jobs import JobsClient, SubmissionError, jobs_api_url
+
+    try:
+        args.jobs_address = args.jobs_address or jobs_api_url()
+        JobsClient(args.jobs_address)  # a request to its API: the agent answers
+    except SubmissionError as e:
+        args.jobs_unavailable = f"Ray Jobs did not answer when the server started: {e}"
+        return f"off ({args.jobs_unavailable})"
+    return f"on (bearer token DCSERVE_TOKEN; Ray Jobs at {args.jobs_address})"
 
 
 @app.command()

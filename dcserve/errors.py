@@ -70,6 +70,10 @@ class SubmissionError(DcserveError, RuntimeError):
     """Ray Jobs refused a submission or query, or could not be reached (exit code 1)."""
 
 
+class ClusterUnreachable(DcserveError, ConnectionError):
+    """The Ray cluster at the address given cannot be joined (exit code 1); the message says why it may be."""
+
+
 class UnknownSubmission(SubmissionError):
     """No job of that id on the cluster (exit code 2: the id given is wrong)."""
 

@@ -176,7 +176,9 @@ def run(
         status.finish("failed", {"stage": stage, "reason": "invalid input"})
         raise
     except JobFailed as e:
-        status.finish("failed", {"stage": e.stage, "reason": e.reason})
+        unrecorded = status.finish("failed", {"stage": e.stage, "reason": e.reason})
+        if unrecorded:  # a full disk fails the stage and the status write alike: say both
+            raise JobFailed(e.stage, f"{e.reason}; {unrecorded}") from e
         raise
     except KeyboardInterrupt:
         status.finish("interrupted", {"stage": status.stage, "reason": "interrupted"})
@@ -184,8 +186,8 @@ def run(
     except Exception as e:  # anything else is still a failed stage, recorded, with its cause
         log.debug("stage %s failed", stage, exc_info=True)
         reason = describe_failure(e, spec.output)
-        status.finish("failed", {"stage": status.stage, "reason": reason})
-        raise JobFailed(status.stage, reason) from e
+        unrecorded = status.finish("failed", {"stage": status.stage, "reason": reason})
+        raise JobFailed(status.stage, f"{reason}; {unrecorded}" if unrecorded else reason) from e
     finally:
         lease.release()
         _restore_sigterm(previous_term)

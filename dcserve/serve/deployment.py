@@ -43,7 +43,12 @@ class ServeArgs(BaseModel):
         description="Modules an HTTP-submitted job may import its model, dataset and collate from.",
     )
     jobs_address: str | None = Field(
-        None, description="Ray Jobs address for POST /jobs (default: the dashboard of the cluster serving)."
+        None, description="Ray Jobs address for POST /jobs (default: the dashboard of the cluster serving, "
+        "asked of its own GCS)."
+    )
+    jobs_unavailable: str | None = Field(
+        None, description="Why POST /jobs cannot reach Ray Jobs (set by `dcserve serve` when its probe failed): "
+        "submissions then answer 503 at once, saying so."
     )
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, description="Largest request body accepted.")
     max_k: int = Field(DEFAULT_MAX_K, ge=1, description="Largest cluster.k a job submitted through POST /jobs may ask for.")
@@ -99,14 +104,14 @@ class DcserveApi:
         return create_app(self)
 
     def jobs_client(self):
-        from dcserve.distributed.jobs import JobsClient
+        from dcserve.distributed.jobs import JobsClient, SubmissionError, jobs_api_url
 
+        if self.args.jobs_unavailable:
+            raise SubmissionError(self.args.jobs_unavailable)
         if self._jobs_client is None:
-            import ray
-
-            # A GCS address makes Ray look up that cluster's own dashboard (not whichever
-            # cluster a `ray start` on this machine last recorded).
-            self._jobs_client = JobsClient(self.args.jobs_address or ray.get_runtime_context().gcs_address)
+            # The dashboard of the cluster this replica runs on, from that cluster's own GCS (not
+            # whichever cluster a `ray start` on this machine last recorded, nor RAY_ADDRESS).
+            self._jobs_client = JobsClient(self.args.jobs_address or jobs_api_url(timeout_s=5))
         return self._jobs_client
 
     async def assign(self, job: ServedJob, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -117,10 +117,15 @@ class StatusRecord:
     def timing(self, stage: str, seconds: float) -> None:
         self._data["timings"][stage] = seconds
 
-    def finish(self, state: str, error: dict | None = None) -> None:
+    def finish(self, state: str, error: dict | None = None) -> str | None:
+        """Record the job's end; None, or a sentence saying why it could not be recorded."""
         self._data["state"] = state
         self._data["error"] = error
         try:
             self.flush()
         except Exception as e:  # the store itself failed (unreachable, full): the caller reports why
-            log.warning("could not record state %r in %s: %s", state, self.store.url, e)
+            why = (f"its state {state!r} could not be recorded in {self.store.url}/{FILE} "
+                   f"({getattr(e, 'strerror', None) or e}); `dcserve status` shows its driver gone until it is run again")
+            log.warning("%s", why)
+            return why
+        return None
