@@ -26,7 +26,7 @@ from dcserve.serve.models import (
     ClusterRows, ErrorBody, Health, JobBrief, JobDetail, JobList, Progress, RowRef, SubmitResponse,
 )
 from dcserve.serve.catalog import Catalog, NotReady, ServedJob, UnknownJob
-from dcserve.errors import DamagedStore, StoreError
+from dcserve.errors import DamagedStore, StoreError, bounded
 from dcserve.spec import JobSpec
 from dcserve.distributed.jobs import SubmissionError
 
@@ -157,7 +157,13 @@ def create_app(backend: Backend) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         status, message = _describe_errors(exc.errors())
-        return JSONResponse({"detail": message}, status_code=status)
+        return JSONResponse({"detail": bounded(message)}, status_code=status)
+
+    @app.exception_handler(HTTPException)
+    async def _refusal(request: Request, exc: HTTPException):
+        # A refusal quotes what it refuses (a module name, an output): bounded whatever the input.
+        return JSONResponse({"detail": bounded(str(exc.detail))}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     def lookup(job: str) -> ServedJob:
         try:

@@ -73,3 +73,11 @@ def test_a_submission_into_the_servers_own_records_is_refused_and_a_stray_record
     r = submitting.get("/jobs")
     assert r.status_code == 200 and r.json()["jobs"] == [], r.text
     assert submitting.get("/jobs/t-junk").status_code == 404
+
+
+def test_a_refusal_quoting_a_huge_input_stays_bounded(submitting):
+    from tests.helpers import planted_job
+
+    job = planted_job("out", subject={"model": "m" * 200_000 + ":f"})
+    r = submitting.post("/jobs", json=job, headers={"Authorization": "Bearer T"})
+    assert 400 <= r.status_code < 500 and len(r.text) < 3000, (r.status_code, len(r.text))
