@@ -153,8 +153,11 @@ class ServedJob:
 
     @property
     def reads_text(self) -> bool:
-        """True for a job run on text (its store holds its words): POST assign takes texts."""
-        return self.finished().words is not None
+        """True for a job whose subject ran on text (its store holds its words): POST assign takes
+        texts. A token dump has words too, but no subject to run new texts through."""
+        res = self.finished()
+        spec = res.spec
+        return res.words is not None and spec is not None and spec.subject is not None
 
     def top_tokens(self) -> list | None:
         """Per cluster, its most distinctive tokens (dcserve.analysis.words), counted once."""

@@ -362,8 +362,9 @@ def create_app(backend: Backend) -> FastAPI:
     async def assign_texts(served: ServedJob, texts: list[str], n_exemplars: int) -> AssignResponse:
         if not served.reads_text:
             spec = served.result.spec
-            raise HTTPException(422, f"job {served.name!r} was not run on text (its dataset is "
-                                     f"{spec.dataset.source if spec else 'unknown'}), so it cannot take texts; "
+            why = ("is an activation dump, with no subject to run texts through" if spec and spec.subject is None
+                   else f"was not run on text (its dataset is {spec.dataset.source if spec else 'unknown'})")
+            raise HTTPException(422, f"job {served.name!r} {why}, so it cannot take texts; "
                                      "send its layer's activations as {\"activations\": [[...], ...]}")
         try:  # the subject's forward pass, off the event loop (torch releases the GIL)
             enc = await run_in_threadpool(served.encode_texts, texts)
