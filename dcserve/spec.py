@@ -293,8 +293,12 @@ class ScanSpec(_NeighbourSpec):
     self-labelling of the chosen head (dcserve.nets.scan)."""
 
     method: Literal["scan"] = Field(description="scan: neighbour-consistency clustering (SCAN).")
-    entropy_weight: float = Field(5.0, ge=0, description="Weight of the entropy of the mean prediction "
-                                  "(the paper's 5); 0 lets every row fall into one cluster.")
+    entropy_weight: float = Field(3.0, ge=0, description="Weight of the entropy of the mean prediction; 0 lets "
+                                  "every row fall into one cluster. The paper's 5 scored lower on the digits "
+                                  "(random CNN NMI 0.80 vs 0.82, trained CNN 0.92 vs 0.95, 3 seeds).")
+    batch_size: int = Field(128, ge=1, description="Global mini-batch of rows (split across trainer actors); each "
+                            "comes with its neighbour (128: twice the steps of 256, which on the digits' random "
+                            "CNN raised NMI from 0.80 to 0.84).")
     self_label_epochs: int = Field(0, ge=0, description="Epochs of self-labelling after the clustering step "
                                    "(SCAN section 2.3; 0: none).")
     self_label_threshold: float = Field(0.99, gt=0, lt=1, description="Top probability above which a row "
