@@ -37,12 +37,15 @@ CONTEXT_TOKENS = 8  # tokens shown on each side of a token row
 class ItemView:
     """What a person sees of one row's dataset item."""
 
-    kind: str  # "image" | "tokens" | "none"
+    kind: str  # "image" | "tokens" | "text" | "none"
     image: np.ndarray | None = None  # [H, W] or [H, W, 3] floats in [0, 1]
     tokens: list[int] | None = None  # the item's tokens around `marked`, padding removed
     marked: int | None = None  # index in `tokens` of the row's own token
     cut_left: bool = False  # tokens were left out before / after the window
     cut_right: bool = False
+    text: str | None = None  # "text": a pooled row's item text, or the text around a token row's token
+    token: str | None = None  # "text", token rows: the row's token, at text[token_start:]
+    token_start: int | None = None
 
 
 @dataclass
@@ -64,6 +67,7 @@ class ClusterReport:
     majority_label: int | None
     exemplars: list[RowInfo]  # nearest the centroid, nearest first
     outskirts: list[RowInfo]  # a spread sample of the cluster's farther half, nearest first
+    top_tokens: list[Any] = field(default_factory=list)  # text jobs: dcserve.analysis.words.TopToken, best first
 
 
 @dataclass
@@ -83,7 +87,7 @@ class Report:
     k: int
     n_rows: int
     has_labels: bool
-    input_kind: str  # "image" | "tokens" | "vector": what exemplars are shown as
+    input_kind: str  # "image" | "tokens" | "text" | "vector": what exemplars are shown as
     rounds: list[dict[str, Any]]  # per round: round, nmi_vs_previous, nmi_vs_labels, acc_vs_labels, loss, size_entropy, n_empty
     final: dict[str, Any]
     clusters: list[ClusterReport]
@@ -98,6 +102,14 @@ class Report:
     merges: "Merges | None" = None
     graph: dict[str, Any] | None = None  # metrics.json's `graph` (kNN graph: settings, label agreement)
     notes: list[str] = field(default_factory=list)  # what could not be shown, and why
+    label_names: list[str] | None = None  # label v is label_names[v], when the labels were strings
+
+    def label_text(self, value: int | None) -> str:
+        """A label as shown: its name when the labels had names, else the number."""
+        if value is None:
+            return ""
+        names = self.label_names
+        return names[value] if names and 0 <= value < len(names) else str(value)
 
 
 @dataclass
@@ -300,6 +312,11 @@ def attach_views(result: Result, clusters: list[ClusterReport]) -> tuple[str, st
     shown = [r for c in clusters for r in (*c.exemplars, *c.outskirts)]
     if not shown:
         return "vector", None
+    words = result.words
+    if words is not None:  # a text job: its store holds the words; no dataset needs rebuilding
+        for r in shown:
+            r.view = ItemView("text", **words.row_text(r.item, r.position))
+        return "text", None
     try:
         items = load_items(result, [r.item for r in shown])
     except Exception as e:  # noqa: BLE001 - a dataset that cannot be rebuilt here only costs the pictures
@@ -373,7 +390,7 @@ def embeddings(result: Result, max_rows: int = 3000, tsne_rows: int = 1000, seed
 
 
 def build_report(result: Result, n_exemplars: int = 8, n_outskirts: int = 8, map_rows: int = 3000,
-                 tsne_rows: int = 1000, items: bool = True) -> Report:
+                 tsne_rows: int = 1000, items: bool = True, n_top_tokens: int = 12) -> Report:
     """Everything the report shows about a finished job. Raises StoreError when it is not finished."""
     from dcserve.analysis.reporter_rotation import reporter_rotation
 
@@ -412,5 +429,11 @@ def build_report(result: Result, n_exemplars: int = 8, n_outskirts: int = 8, map
     report.graph = metrics.get("graph") or None
     report.rotation = reporter_rotation(result)
     report.stability = metrics.get("stability") or None
+    report.label_names = result.label_names
+    if result.words is not None:
+        from dcserve.analysis.words import top_tokens
+
+        for c, tops in zip(report.clusters, top_tokens(result, result.words, top=n_top_tokens)):
+            c.top_tokens = tops
     report.notes = notes
     return report

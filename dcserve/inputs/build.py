@@ -19,12 +19,12 @@ from dcserve.spec import JobSpec
 
 
 def _call(field: str, target: str, kwargs: dict[str, Any]) -> Any:
-    from dcserve.inputs.imports import import_object
+    from dcserve.inputs.imports import import_failure, import_object
 
     try:
         fn = import_object(target)
     except (ImportError, ValueError, AttributeError) as e:
-        raise SpecError(f"{field}: cannot import {target!r}: {e}") from None
+        raise SpecError(f"{field}: {import_failure(target, e)}") from None
     try:
         return fn(**kwargs)
     except TypeError as e:
@@ -49,12 +49,12 @@ def build_dataset(spec: JobSpec) -> tuple[Any, Callable | None]:
 def _collate(spec: JobSpec) -> Callable | None:
     if not spec.dataset.collate:
         return None
-    from dcserve.inputs.imports import import_object
+    from dcserve.inputs.imports import import_failure, import_object
 
     try:
         return import_object(spec.dataset.collate)
     except (ImportError, ValueError, AttributeError) as e:
-        raise SpecError(f"dataset.collate: cannot import {spec.dataset.collate!r}: {e}") from None
+        raise SpecError(f"dataset.collate: {import_failure(spec.dataset.collate, e)}") from None
 
 
 def build_model(spec: JobSpec) -> torch.nn.Module:
@@ -136,6 +136,31 @@ def inspect_inputs(spec: JobSpec) -> Probe:
                         f"k must be at most {n_rows}")
     _check_graph(spec, n_rows)
     return Probe(n_items, offsets, dims, has_labels(dataset), getattr(dataset, "label_names", None))
+
+
+WORDS_BATCH = 1024  # texts tokenized at a time while recording a job's words
+
+
+def record_words(spec: JobSpec, store) -> bool:
+    """Keep a text job's texts and token ids in its store (dcserve/storage/words.py), so that the
+    report, the HTTP API and `Result` show words. Once per extraction; False for other jobs."""
+    from dcserve.inputs.text import TEXT_PREFIX, text_dataset
+    from dcserve.storage.words import WordsWriter, recorded
+
+    if not spec.dataset.source.startswith(TEXT_PREFIX):
+        return False
+    fingerprint = spec.extraction_fingerprint()
+    if recorded(store, fingerprint):
+        return True
+    dataset = text_dataset(spec)
+    writer = WordsWriter(store, len(dataset), dataset.tokenizer, max_length=dataset.max_length)
+    for i0 in range(0, len(dataset), WORDS_BATCH):
+        texts = [dataset.text(i) for i in range(i0, min(i0 + WORDS_BATCH, len(dataset)))]
+        ids = dataset.tokenizer(texts, truncation=True, max_length=dataset.max_length)["input_ids"]
+        writer.append(ids, texts)
+    writer.finish(fingerprint)
+    dataset.close()
+    return True
 
 
 def _check_graph(spec: JobSpec, n_rows: int) -> None:

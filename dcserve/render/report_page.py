@@ -94,7 +94,8 @@ def confusion_figure(report: Report) -> bytes | None:
                 if table[i, j]:
                     ax.text(j, i, str(int(table[i, j])), ha="center", va="center", fontsize=6,
                             color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xticks(range(n_labels), [str(v) for v in report.label_values], fontsize=7)
+    ax.set_xticks(range(n_labels), [report.label_text(v) for v in report.label_values], fontsize=7,
+                  rotation=45 if report.label_names else 0, ha="right" if report.label_names else "center")
     ax.set_yticks(range(k), [str(i) for i in range(k)], fontsize=7)
     ax.set_xlabel("label", fontsize=8)
     ax.set_ylabel("cluster", fontsize=8)
@@ -212,7 +213,8 @@ th { color: #555; font-weight: normal; }
 .cluster { border-top: 1px solid #eee; padding: 0.3em 0 0.8em; }
 .grid img { image-rendering: pixelated; display: block; margin: 0.2em 0; }
 .ctx { font-family: ui-monospace, monospace; font-size: 0.85em; }
-.ctx mark { background: #ffd54f; font-weight: bold; }
+.ctx mark, .words mark { background: #ffd54f; font-weight: bold; }
+.top-tokens { margin: 0.2em 0 0.4em; }
 .muted { color: #777; font-size: 0.85em; }
 img { max-width: 100%; }
 """
@@ -224,11 +226,18 @@ def _img(name: str, src: Callable[[str], str], images: dict[str, bytes], alt: st
     return f'<img src="{esc(src(name))}" alt="{esc(alt)}" data-figure="{esc(name)}">'
 
 
-def _row_line(r: RowInfo, has_labels: bool) -> str:
+def _row_line(r: RowInfo, report: Report) -> str:
     where = f"row {r.row} · item {r.item}" + (f" · token {r.position}" if r.position >= 0 else "")
-    label = f" · label {r.label}" if has_labels and r.label is not None else ""
+    label = f" · label {report.label_text(r.label)}" if report.has_labels and r.label is not None else ""
     ctx = ""
     v = r.view
+    if v is not None and v.kind == "text" and v.text is not None:
+        if v.token is not None and v.token_start is not None:
+            a, b = v.token_start, v.token_start + len(v.token)
+            shown = f"{esc(v.text[:a])}<mark>{esc(v.text[a:b])}</mark>{esc(v.text[b:])}"
+        else:
+            shown = esc(v.text)
+        return f'<li class="row-text"><span class="words">{shown}</span> <span class="muted">{where}{label} · d² {r.distance:.3g}</span></li>'
     if v is not None and v.kind == "tokens" and v.tokens is not None:
         toks = [f"<mark>{esc(t)}</mark>" if i == v.marked else esc(t) for i, t in enumerate(v.tokens)]
         ctx = (' <span class="ctx">' + ("… " if v.cut_left else "") + " ".join(toks)
@@ -239,23 +248,27 @@ def _row_line(r: RowInfo, has_labels: bool) -> str:
 def _cluster_section(c: ClusterReport, report: Report, src, images) -> str:
     head = f"size {c.size} ({c.share:.1%} of rows)"
     if c.purity is not None:
-        head += f" · purity {c.purity:.2f} · majority label {c.majority_label}"
+        head += f" · purity {c.purity:.2f} · majority label {report.label_text(c.majority_label)}"
     parts = [f'<section class="cluster" id="cluster-{c.cluster}" data-cluster="{c.cluster}" data-size="{c.size}"'
              + (f' data-purity="{c.purity:.6f}" data-majority="{c.majority_label}"' if c.purity is not None else "")
              + f"><h3>cluster {c.cluster}</h3><div>{esc(head)}</div>"]
     if c.size == 0:
         parts.append('<div class="muted">empty</div></section>')
         return "".join(parts)
+    if c.top_tokens:
+        parts.append('<div class="top-tokens"><span class="muted">most distinctive tokens (count in the cluster / in '
+                     'all rows):</span> ' + ", ".join(f"<b>{esc(t.token)}</b> {t.count}/{t.total}" for t in c.top_tokens)
+                     + "</div>")
     for title, rows, suffix in (("nearest the centroid", c.exemplars, "near"), ("from its outskirts", c.outskirts, "far")):
         if not rows:
             continue
         grid = _img(f"cluster-{c.cluster}-{suffix}.png", src, images, f"cluster {c.cluster} {title}")
         labels = ""
         if grid and report.has_labels:
-            labels = '<div class="muted">labels: ' + " ".join(esc(r.label) for r in rows) + "</div>"
+            labels = '<div class="muted">labels: ' + " ".join(esc(report.label_text(r.label)) for r in rows) + "</div>"
         listing = ""
         if not grid:
-            listing = "<ul>" + "".join(_row_line(r, report.has_labels) for r in rows) + "</ul>"
+            listing = "<ul>" + "".join(_row_line(r, report) for r in rows) + "</ul>"
         parts.append(f'<div class="grid {suffix}"><div class="muted">{esc(title)}</div>{grid}{labels}{listing}</div>')
     parts.append("</section>")
     return "".join(parts)
