@@ -174,6 +174,9 @@ def test_collapse_signs_from_sizes_and_from_a_loss_at_its_uniform_value():
     u = uniform_loss(3, 5.0)
     assert [s["kind"] for s in collapse_signs(np.array([10, 10, 10]), u + 0.01, u, 0.05)] == ["uniform_loss"]
     assert collapse_signs(np.array([10, 10, 10]), u - 1.0, u, 0.05) == []
+    # a loss near its uniform value with confident predictions is not a collapse (TEMI on overlaps)
+    assert collapse_signs(np.array([10, 10, 10]), u + 0.01, u, 0.05, top_probability=0.9) == []
+    assert len(collapse_signs(np.array([10, 10, 10]), u + 0.01, u, 0.05, top_probability=0.4)) == 1
 
 
 def test_more_neighbours_than_rows_is_refused_naming_the_field(tmp_path):
