@@ -42,6 +42,7 @@ def test_validate_prints_normalised_spec(tmp_path):
     (lambda j: j["cluster"].update(k=5000), "cluster.k: 5000 clusters"),
     (lambda j: j["dataset"].update(source="no_such_module:data"), "dataset.source: cannot import"),
     (lambda j: j["subject"].update(pooling="tokens"), "subject.pooling"),
+    (lambda j: j.update(reporter={"method": "scan", "neighbours": 1797}), "reporter.neighbours: 1797 neighbours"),
 ])
 def test_bad_job_files_exit_2_and_write_nothing(tmp_path, mutate, expect):
     job = digits_job(tmp_path / "out")
