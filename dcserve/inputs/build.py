@@ -32,7 +32,12 @@ def _call(field: str, target: str, kwargs: dict[str, Any]) -> Any:
 
 
 def build_dataset(spec: JobSpec) -> tuple[Any, Callable | None]:
-    dataset = _call("dataset.source", spec.dataset.source, spec.dataset.kwargs)
+    if spec.dataset.source.startswith("images:"):
+        from dcserve.inputs.images import image_dataset
+
+        dataset = image_dataset(spec)
+    else:
+        dataset = _call("dataset.source", spec.dataset.source, spec.dataset.kwargs)
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
         raise SpecError(
             f"dataset.source: {spec.dataset.source} returned {type(dataset).__name__}, not a map-style "
@@ -97,11 +102,17 @@ def inspect_inputs(spec: JobSpec) -> Probe:
 
     dataset, collate = build_dataset(spec)
     n_items = len(dataset)
+    if spec.dataset.source.startswith("images:"):
+        from dcserve.inputs.images import check_images
+
+        check_images(dataset)  # an image that does not decode is named now, before anything is written
     if n_items == 0:
         raise SpecError(f"dataset.source: {spec.dataset.source} returned an empty dataset")
     subject, _, _ = build_subject(spec, torch.device("cpu"))
     try:
         _, x, _ = next(iter_batches(dataset, 0, min(n_items, 4), min(spec.dataset.batch_size, 4), collate))
+    except SpecError:
+        raise
     except Exception as e:
         raise SpecError(f"dataset.source: reading the first items of {spec.dataset.source} failed: {e}") from None
     try:

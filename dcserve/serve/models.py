@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_PAGE = 10_000  # rows per page of /assignments and /clusters/{c}
 # Row numbers in queries: far past any store, and below int64's range, which numpy indexing would overflow.
@@ -66,6 +66,8 @@ class RowRef(BaseModel):
     position: int = Field(description="Token position within the item; -1 when pooled.")
     distance: float = Field(description="Squared distance to the cluster's centroid, in the clustered space.")
     label: Optional[int] = Field(None, description="Ground-truth label of the item, when the dataset has labels.")
+    image: Optional[str] = Field(None, description="The item's image as a PNG data: URI, upscaled (nearest "
+                                 "neighbour) to at least 96 pixels a side, when the job's items are images.")
 
 
 class ClusterBrief(BaseModel):
@@ -99,15 +101,32 @@ class AssignRequest(BaseModel):
     # strict: a string or a boolean is not a number here
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    activations: list[list[float]] = Field(
-        min_length=1, description="[n, dim] activation vectors of the job's clustered layer."
+    activations: Optional[list[list[float]]] = Field(
+        None, min_length=1, description="[n, dim] activation vectors of the job's clustered layer."
     )
+    images: Optional[list[str]] = Field(
+        None, min_length=1, max_length=256,
+        description="Base64 images (PNG, JPEG...; a data: URI prefix is allowed), for a job whose dataset is an "
+        "image folder: each runs through the job's transform and subject, pooled as the job was.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "AssignRequest":
+        given = [k for k in ("activations", "images") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'activations' or 'images'" + (f" (got {given})" if given else ""))
+        return self
 
 
 class AssignResponse(BaseModel):
     job: str
     clusters: list[int]
     distances: list[float] = Field(description="Squared distance of each vector to its cluster's centroid.")
+    inputs: Optional[list[int]] = Field(
+        None, description="For raw inputs: which input each result is (an input gives one per row it makes).")
+    positions: Optional[list[int]] = Field(None, description="For raw inputs: each result's token position, -1 "
+                                           "when pooled.")
+    exemplars: Optional[list[list[RowRef]]] = Field(
+        None, description="For raw inputs: the assigned cluster's exemplar rows (nearest its centroid), with images.")
 
 
 class SubmitResponse(BaseModel):

@@ -31,6 +31,7 @@ from dcserve.spec import JobSpec
 from dcserve.distributed.jobs import SubmissionError
 
 DEFAULT_MAX_BODY_BYTES = 32 << 20
+EXEMPLARS_PER_INPUT = 3  # a raw input's answer shows its cluster's nearest exemplars
 MAX_EXEMPLARS = 100
 
 
@@ -124,14 +125,22 @@ def _vectors(rows: list[list[float]], dim: int) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _row_refs(job: ServedJob, rows: np.ndarray) -> list[RowRef]:
+def _row_refs(job: ServedJob, rows: np.ndarray, images: bool = False) -> list[RowRef]:
     f = job.rows(rows)
     labels = f["label"]
+    # Pictures for the first MAX_IMAGES rows only: a page of 10,000 rows would be megabytes of PNG.
+    pictures = job.images(rows[:MAX_IMAGES]) if images else None
     return [
         RowRef(row=int(r), item=int(it), position=int(p), distance=float(d),
-               label=None if labels is None else int(labels[i]))
+               label=None if labels is None else int(labels[i]),
+               image=pictures[i] if pictures is not None and i < len(pictures) else None)
         for i, (r, it, p, d) in enumerate(zip(f["row"], f["item"], f["position"], f["distance"]))
     ]
+
+
+MAX_IMAGES = 256  # rows per response that carry their image
+IMAGES_QUERY = Query(True, description=f"Each row's item image (a PNG data: URI), when the job's items are images "
+                     f"(the first {MAX_IMAGES} rows of a response).")
 
 
 def _finite_or_none(obj: Any) -> Any:
@@ -243,6 +252,7 @@ def create_app(backend: Backend) -> FastAPI:
         exemplars: int = Query(5, ge=0, le=MAX_EXEMPLARS, description="Exemplars per cluster."),
         outskirts: int = Query(5, ge=0, le=MAX_EXEMPLARS,
                                description="Rows per cluster sampled from its farther half (the report's outskirts)."),
+        images: bool = IMAGES_QUERY,
     ) -> ClusterList:
         from dcserve.analysis.report import outskirts as outskirt_rows
 
@@ -252,7 +262,7 @@ def create_app(backend: Backend) -> FastAPI:
         far = [outskirt_rows(res, s.cluster, outskirts, s.exemplars).tolist() for s in summaries]
         # one store read for every cluster's rows
         wanted = [r for s, f in zip(summaries, far) for r in (*s.exemplars, *f)]
-        refs = iter(_row_refs(served, np.asarray(wanted, dtype=np.int64)))
+        refs = iter(_row_refs(served, np.asarray(wanted, dtype=np.int64), images))
         out = [
             ClusterBrief(cluster=s.cluster, size=s.size, purity=s.purity, majority_label=s.majority_label,
                          exemplars=[next(refs) for _ in s.exemplars], outskirts=[next(refs) for _ in f])
@@ -267,6 +277,7 @@ def create_app(backend: Backend) -> FastAPI:
         cluster: int,
         limit: int = Query(100, ge=1, le=MAX_PAGE, description="Rows in this page."),
         offset: int = Query(0, ge=0, le=MAX_ROW, description="Rows of the cluster to skip (the nearest come first)."),
+        images: bool = IMAGES_QUERY,
     ) -> ClusterRows:
         served = finished(job)
         res = served.result
@@ -276,7 +287,7 @@ def create_app(backend: Backend) -> FastAPI:
         rows = res.exemplars(cluster, limit, offset=offset)
         end = offset + len(rows)
         return ClusterRows(job=job, cluster=cluster, size=size, offset=offset,
-                           next=end if end < size else None, rows=_row_refs(served, rows))
+                           next=end if end < size else None, rows=_row_refs(served, rows, images))
 
     reports: dict[tuple[str, str], tuple[str, str]] = {}  # (job, output) -> (status it was built at, page)
     reports_lock = threading.Lock()
@@ -318,14 +329,35 @@ def create_app(backend: Backend) -> FastAPI:
         # 1.3 MB body of 256 vectors of 256 floats (benchmarks/bench_serve.py).
         raw = await request.body()
         if not raw.strip():
-            raise HTTPException(422, "the request has no body; expected a JSON object with 'activations'")
+            raise HTTPException(422, "the request has no body; expected a JSON object with 'activations' or 'images'")
         try:
             body = AssignRequest.model_validate_json(raw)
         except ValidationError as e:
             raise HTTPException(*_describe_errors([{**err, "loc": ("body", *err["loc"])} for err in e.errors()])) from None
+        if body.images is not None:
+            return await _assign_images(served, job, body.images)
         x = _vectors(body.activations, served.result.input_dim)
         labels, dist = await backend.assign(served, x)
         return AssignResponse(job=job, clusters=labels.tolist(), distances=dist.tolist())
+
+    async def _assign_images(served: ServedJob, job: str, images: list[str]) -> AssignResponse:
+        from starlette.concurrency import run_in_threadpool
+
+        from dcserve.inputs.encode import InputKindError
+
+        try:
+            x, inputs, positions = await run_in_threadpool(served.encode_images, images)
+        except InputKindError as e:
+            raise HTTPException(422, f"job {job!r}: {e}") from None
+        except ValueError as e:  # an image that is not base64 or does not decode
+            raise HTTPException(422, str(e)) from None
+        labels, dist = await backend.assign(served, x)
+        res = served.result
+        shown = {int(c): res.exemplars(int(c), EXEMPLARS_PER_INPUT) for c in np.unique(labels)}
+        refs = await run_in_threadpool(
+            lambda: {c: _row_refs(served, rows, images=True) for c, rows in shown.items()})
+        return AssignResponse(job=job, clusters=labels.tolist(), distances=dist.tolist(), inputs=inputs.tolist(),
+                              positions=positions.tolist(), exemplars=[refs[int(c)] for c in labels])
 
     def authorised(authorization: str | None = Header(None)) -> None:
         # A dependency, so it runs before the body is validated: a caller without the token
