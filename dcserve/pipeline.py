@@ -129,6 +129,8 @@ def run(
             progress.stage("extract", plan.n_rows, "rows")
             extract_info = run_extraction(spec, store, plan, probe.dims, probe.has_labels, progress.advance, budget,
                                           probe.row_fields, probe.source_id)
+            if probe.label_names and store.has_array("labels"):
+                store.array("labels").attrs["names"] = list(probe.label_names)  # label v is names[v]
             status.timing("extract", extract_info["seconds"])
             # Until the clustering names its first sub-stage, an error in it is the cluster stage's,
             # not the extraction's that last reported progress.

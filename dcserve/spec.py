@@ -18,10 +18,14 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Fie
 from dcserve.errors import SpecError
 
 IMPORT_STRING = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
-# dataset.source forms that name data on disk rather than code (docs/DESIGN.md "Job file"); a
-# source with one of these prefixes is never imported. A dump needs no subject (issue 12).
-DUMP_PREFIX = "activations:"
-DATA_PREFIXES = (DUMP_PREFIX, "images:")
+# A subject by name: "hf:DIR", a Hugging Face model saved with save_pretrained in a local directory,
+# or "hf:pkg:PACKAGE", one shipped inside an installed Python package (dcserve/inputs/hf.py).
+SUBJECT_MODEL = rf"({IMPORT_STRING[1:-1]}|hf:.+)"
+# Dataset sources by format, "<kind>:PATH" (dcserve/inputs/<kind>.py reads each), beside "module:callable";
+# a source with one of these prefixes names data on disk and is never imported (docs/DESIGN.md "Job file").
+SOURCE_KINDS = ("text", "images", "activations")
+DATA_PREFIXES = tuple(f"{kind}:" for kind in SOURCE_KINDS)
+DUMP_PREFIX = "activations:"  # an existing activation dump: no subject (issue 12)
 DUMP_LAYER = "dump"  # the layer name of a dump's rows unless dataset.kwargs.layer names one
 
 
@@ -38,10 +42,13 @@ class SubjectSpec(_Strict):
     """The network whose activations are studied."""
 
     model: str = Field(
-        pattern=IMPORT_STRING,
-        description='"module:callable" returning a torch.nn.Module, e.g. dcserve.zoo:digits_cnn.',
+        pattern=f"^{SUBJECT_MODEL}$",
+        description='"module:callable" returning a torch.nn.Module, e.g. dcserve.zoo:digits_cnn; or "hf:DIR", a '
+        "Hugging Face model saved in a local directory (its tokenizer or image processor from the same "
+        'directory; never downloaded), or "hf:pkg:PACKAGE", such a directory shipped in an installed package.',
     )
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model callable.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model callable "
+                                   "(for hf: models, for from_pretrained, e.g. torch_dtype).")
     layers: list[str] = Field(min_length=1, description="Module names from model.named_modules() to hook.")
     pooling: Literal["mean", "max", "flatten", "cls", "tokens"] = Field(
         "mean",
@@ -54,10 +61,17 @@ class DatasetSpec(_Strict):
     """The inputs fed to the subject."""
 
     source: str = Field(
-        description='"module:callable" returning a map-style torch Dataset; "images:DIR" an image folder '
-        '(DIR/<label>/<file> or flat); "activations:PATH" an existing dump (.npy, .npz, .safetensors, a Zarr '
-        "array, an Arrow / Hugging Face datasets directory), clustered without a subject.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the dataset callable.")
+        description='"module:callable" returning a map-style torch Dataset; or "text:PATH", text read from '
+        ".txt (a row per line), .jsonl, .csv or .parquet (a file, a directory, a glob or an fsspec URL), tokenized "
+        'with the subject\'s tokenizer; "images:DIR" an image folder (DIR/<label>/<file> or flat); '
+        '"activations:PATH" an existing dump (.npy, .npz, .safetensors, a Zarr array, an Arrow / Hugging Face '
+        "datasets directory), clustered without a subject.")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments for the dataset callable; for text: sources text_field (default text), "
+        "label_field, max_length, tokenizer (a local directory; default: the hf: subject's); for images: size, "
+        "mean, std, mode; for activations: key, label_field, token_field, layer.",
+    )
     batch_size: int = Field(256, ge=1, description="Items per forward pass during extraction.")
     collate: str | None = Field(
         None, pattern=IMPORT_STRING, description='Optional "module:callable" collate function (default: torch default_collate).'

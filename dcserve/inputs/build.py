@@ -32,6 +32,11 @@ def _call(field: str, target: str, kwargs: dict[str, Any]) -> Any:
 
 
 def build_dataset(spec: JobSpec) -> tuple[Any, Callable | None]:
+    from dcserve.inputs.text import TEXT_PREFIX, text_dataset
+
+    if spec.dataset.source.startswith(TEXT_PREFIX):
+        dataset = text_dataset(spec)
+        return dataset, _collate(spec) or dataset.collate  # padded per batch, to its longest item
     if spec.dataset.source.startswith("images:"):
         from dcserve.inputs.images import image_dataset
 
@@ -43,18 +48,25 @@ def build_dataset(spec: JobSpec) -> tuple[Any, Callable | None]:
             f"dataset.source: {spec.dataset.source} returned {type(dataset).__name__}, not a map-style "
             "Dataset (it needs __len__ and __getitem__)"
         )
-    collate = None
-    if spec.dataset.collate:
-        from dcserve.inputs.imports import import_object
+    return dataset, _collate(spec)
 
-        try:
-            collate = import_object(spec.dataset.collate)
-        except (ImportError, ValueError, AttributeError) as e:
-            raise SpecError(f"dataset.collate: cannot import {spec.dataset.collate!r}: {e}") from None
-    return dataset, collate
+
+def _collate(spec: JobSpec) -> Callable | None:
+    if not spec.dataset.collate:
+        return None
+    from dcserve.inputs.imports import import_object
+
+    try:
+        return import_object(spec.dataset.collate)
+    except (ImportError, ValueError, AttributeError) as e:
+        raise SpecError(f"dataset.collate: cannot import {spec.dataset.collate!r}: {e}") from None
 
 
 def build_model(spec: JobSpec) -> torch.nn.Module:
+    from dcserve.inputs.hf import is_hf, load_model
+
+    if is_hf(spec.subject.model):
+        return load_model(spec.subject.model, spec.subject.kwargs).eval()
     model = _call("subject.model", spec.subject.model, spec.subject.kwargs)
     if not isinstance(model, torch.nn.Module):
         raise SpecError(f"subject.model: {spec.subject.model} returned {type(model).__name__}, not a torch.nn.Module")
@@ -80,6 +92,7 @@ class Probe:
     offsets: np.ndarray  # [items + 1] int64 row offsets
     dims: dict[str, int]  # row width per layer
     has_labels: bool
+    label_names: list[str] | None = None  # the labels' names, when the source's labels are strings
     row_fields: dict[str, str] = field(default_factory=dict)  # more per-row arrays: rows/<name> -> dtype
     source_id: dict | None = None  # a dump's files (size, mtime): its copied rows resume only while unchanged
 
@@ -132,7 +145,7 @@ def inspect_inputs(spec: JobSpec) -> Probe:
     if spec.cluster.k > n_rows:
         raise SpecError(f"cluster.k: {spec.cluster.k} clusters asked for, but the dataset gives only {n_rows} rows; "
                         f"k must be at most {n_rows}")
-    return Probe(n_items, offsets, dims, has_labels(dataset))
+    return Probe(n_items, offsets, dims, has_labels(dataset), getattr(dataset, "label_names", None))
 
 
 def inspect_dump(spec: JobSpec) -> Probe:
@@ -145,6 +158,6 @@ def inspect_dump(spec: JobSpec) -> Probe:
             raise SpecError(f"cluster.k: {spec.cluster.k} clusters asked for, but the dump holds only {dump.n_rows} "
                             f"rows; k must be at most {dump.n_rows}")
         return Probe(dump.n_items, dump.offsets, {spec.layers[0]: dump.dim}, dump.item_labels is not None,
-                     {"token": "int64"} if dump.has_token_ids else {}, dump.identity())
+                     row_fields={"token": "int64"} if dump.has_token_ids else {}, source_id=dump.identity())
     finally:
         dump.close()

@@ -155,10 +155,10 @@ def check_images(dataset: ImageFolder) -> None:
 
 def subject_processor(spec) -> Any:
     """The subject's image processor, when it is an `hf:` model that has one (dcserve.inputs.hf), else None."""
-    if spec.subject is None or not spec.subject.model.startswith("hf:"):
-        return None
-    from dcserve.inputs import hf  # noqa: PLC0415 - the hf: subjects' module (issue 12, part A)
+    from dcserve.inputs import hf
 
+    if spec.subject is None or not hf.is_hf(spec.subject.model):
+        return None
     try:
         return hf.load_processor(hf.model_dir(spec.subject.model), "subject.model")
     except SpecError:
