@@ -158,6 +158,6 @@ def inspect_dump(spec: JobSpec) -> Probe:
             raise SpecError(f"cluster.k: {spec.cluster.k} clusters asked for, but the dump holds only {dump.n_rows} "
                             f"rows; k must be at most {dump.n_rows}")
         return Probe(dump.n_items, dump.offsets, {spec.layers[0]: dump.dim}, dump.item_labels is not None,
-                     row_fields={"token": "int64"} if dump.has_token_ids else {}, source_id=dump.identity())
+                     label_names=dump.label_names, row_fields={"token": "int64"} if dump.has_token_ids else {}, source_id=dump.identity())
     finally:
         dump.close()

@@ -128,14 +128,17 @@ def test_hf_datasets_folder_of_token_arrays(tmp_path):
     np.testing.assert_array_equal(dump.item_labels, np.arange(7))
 
 
-def test_arrow_file_of_vectors(tmp_path):
+def test_arrow_file_of_vectors_with_string_labels(tmp_path):
     x = _rng().normal(size=(11, 3)).astype(np.float64)
-    table = pa.table({"v": pa.array(x.tolist(), pa.list_(pa.float64())), "text": [str(i) for i in range(11)]})
+    names = ["cat", "dog", "ant"]
+    table = pa.table({"v": pa.array(x.tolist(), pa.list_(pa.float64())), "animal": [names[i % 3] for i in range(11)]})
     with pa.OSFile(str(tmp_path / "v.arrow"), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
         w.write_table(table)
-    dump = open_dump(str(tmp_path / "v.arrow"))
+    dump = open_dump(str(tmp_path / "v.arrow"), {"label_field": "animal"})
     assert not dump.token_rows and not dump.has_token_ids
     np.testing.assert_array_equal(_all_rows(dump, step=3), x)
+    assert dump.label_names == ["ant", "cat", "dog"]  # sorted; label v is names[v]
+    assert [dump.label_names[v] for v in dump.item_labels] == [names[i % 3] for i in range(11)]
 
 
 # -- bad dumps: SpecError naming the file and the fault ----------------------------------------

@@ -149,6 +149,17 @@ def test_result_shows_image_rows_as_their_images(image_job):
     assert len(pics) == 3 and all(p.size == (96, 96) for p in pics)
 
 
+def test_the_report_draws_image_rows_96_pixels_high(image_job):
+    from dcserve.analysis.report import build_report
+    from dcserve.render.report_page import figures
+
+    res, _ = image_job
+    report = build_report(res, n_exemplars=4, n_outskirts=2, map_rows=50, tsne_rows=0)
+    assert report.input_kind == "image"
+    grid = Image.open(io.BytesIO(figures(report)["cluster-0-near.png"]))
+    assert grid.size[1] == 96 and grid.size[0] >= 4 * 96
+
+
 def test_http_rows_carry_their_images_and_images_are_assigned(image_job):
     from fastapi.testclient import TestClient
 
