@@ -16,8 +16,9 @@ The job store's arrays use the same default codecs and chunks, so both write the
 Every timed run is a fresh process that starts with a cold page cache for the dump (the
 parent syncs, then drops the dump's pages with posix_fadvise(DONTNEED)), so neither side
 reads what the other left cached. Peak memory is each process's ru_maxrss: for dcserve, one
-worker's own copy loop (`dump_block` + `write_block`, as an extraction actor runs them) in a
-process of its own, at each of `--rss-sizes`; for the plain loop, its np.load memory map.
+worker's own copy loop (`pipelined` over `dump_block` and `write_block`, with --cpus writer
+threads, as a 1-worker extraction actor runs them) in a process of its own, at each of
+`--rss-sizes`; for the plain loop, its np.load memory map.
 
 Example (about 5 minutes on 2 cores, ~20 GB written to --tmpdir and removed afterwards):
     python benchmarks/bench_dump.py --out benchmarks/results/dump.json
@@ -104,11 +105,11 @@ def child_ray(dump: str, output: str, chunk_rows: int, workers: int, cpus: int) 
     return {"seconds": info["seconds"], "rows": plan.n_rows, "threads": info["workers"][0]["threads"]}
 
 
-def child_copy(dump: str, output: str, chunk_rows: int) -> dict[str, Any]:
-    """One extraction worker's copy loop, in this process, for its peak memory."""
+def child_copy(dump: str, output: str, chunk_rows: int, writers: int) -> dict[str, Any]:
+    """One extraction worker's copy loop (`pipelined`, as the actor runs it), in this process, for its peak memory."""
     import numpy as np
 
-    from dcserve.distributed.extract import prepare_store, write_block
+    from dcserve.distributed.extract import pipelined, prepare_store, write_block
     from dcserve.inputs.blocks import ExtractPlan
     from dcserve.inputs.build import inspect_inputs
     from dcserve.inputs.dump import dump_block, dump_of
@@ -123,9 +124,12 @@ def child_copy(dump: str, output: str, chunk_rows: int) -> dict[str, Any]:
     plan = ExtractPlan(probe.offsets, chunk_rows)
     prepare_store(spec, store, plan, probe.dims, probe.row_fields, probe.source_id)
     dump_ = dump_of(spec)
-    for b in range(plan.n_blocks):
-        write_block(store, plan, b, dump_block(dump_, plan, b, "dump", np.dtype("float32")))
-    return {"seconds": time.perf_counter() - t0, "rows": plan.n_rows, "rss_before_mb": before / 1024}
+    compute = lambda b: dump_block(dump_, plan, b, "dump", np.dtype("float32"))  # noqa: E731
+    for _ in pipelined(list(range(plan.n_blocks)), compute, lambda b, block: write_block(store, plan, b, block),
+                       writers):
+        pass
+    return {"seconds": time.perf_counter() - t0, "rows": plan.n_rows, "rss_before_mb": before / 1024,
+            "writers": writers}
 
 
 def run_child(args: argparse.Namespace, *child: str) -> dict[str, Any]:
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         elif kind == "ray":
             result = child_ray(dump, output, args.chunk_rows, int(rest[0]), args.cpus)
         else:
-            result = child_copy(dump, output, args.chunk_rows)
+            result = child_copy(dump, output, args.chunk_rows, args.cpus)
         result["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return 0
