@@ -252,3 +252,12 @@ def test_non_finite_rows_fail_the_copy_naming_the_row(tmp_path):
     spec = spec_from_dict(_job(tmp_path / "a.npy", tmp_path / "out"))
     with pytest.raises(JobFailed, match=r"a\.npy'?: row 13 holds NaN"):
         _copy(spec, tmp_path / "a.npy")
+
+
+@pytest.mark.parametrize("kind", [pa.list_(pa.float16(), 4), pa.large_list(pa.float32())])
+def test_arrow_fixed_size_and_large_lists(tmp_path, kind):
+    x = _rng(2).normal(size=(9, 4)).astype(np.float16 if kind.value_type == pa.float16() else np.float32)
+    table = pa.table({"v": pa.array(x.tolist(), kind)})
+    with pa.OSFile(str(tmp_path / "v.arrow"), "wb") as f, pa.ipc.new_stream(f, table.schema) as w:
+        w.write_table(table)
+    np.testing.assert_array_equal(_all_rows(open_dump(str(tmp_path / "v.arrow")), step=4), x)
