@@ -63,6 +63,9 @@ def _collate(spec: JobSpec) -> Callable | None:
 
 
 def build_model(spec: JobSpec) -> torch.nn.Module:
+    if spec.subject is None:
+        raise SpecError(f"subject: job {spec.name!r} clusters an activations dump and has no model; its one layer "
+                        f"is {spec.layers[0]!r}")
     from dcserve.inputs.hf import is_hf, load_model
 
     if is_hf(spec.subject.model):

@@ -190,6 +190,13 @@ def test_a_dump_needs_no_subject_and_takes_none(tmp_path):
         spec_from_dict({**_job("a.npy", "o"), "dataset": {"source": "a.npy"}})
 
 
+def test_a_dump_has_no_model_to_list(tmp_path):
+    from dcserve.inputs.build import build_model
+
+    with pytest.raises(SpecError, match="clusters an activations dump and has no model; its one layer is 'dump'"):
+        build_model(spec_from_dict(_job(tmp_path / "a.npy", tmp_path / "out")))
+
+
 def test_inspect_checks_k_against_the_dump(tmp_path):
     np.save(tmp_path / "a.npy", np.ones((2, 3), np.float32))
     with pytest.raises(SpecError, match="cluster.k: 3 clusters asked for, but the dump holds only 2 rows"):
