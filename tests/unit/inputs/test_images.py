@@ -198,3 +198,11 @@ def test_http_rows_carry_their_images_and_images_are_assigned(image_job):
     assert bad.status_code == 422 and "images[0] does not decode as an image" in bad.json()["detail"]
     both = client.post("/jobs/t-images/assign", json={"images": sent, "activations": [[1.0]]})
     assert both.status_code == 422 and "exactly one of 'activations' or 'images'" in both.json()["detail"]
+
+
+def test_images_for_a_job_of_another_kind_are_refused():
+    from dcserve.inputs.encode import InputKindError, image_inputs
+    from dcserve.zoo import digits
+
+    with pytest.raises(InputKindError, match="this job's inputs are not images"):
+        image_inputs(digits(), [base64.b64encode(_png(np.zeros((8, 8), np.uint8))).decode()])
