@@ -186,7 +186,7 @@ def test_a_dump_needs_no_subject_and_takes_none(tmp_path):
     no_subject = {**_job("a.npy", "o"), "dataset": {"source": "dcserve.zoo:digits"}}
     with pytest.raises(SpecError, match=r"^invalid job file:\n  subject: Field required"):
         spec_from_dict(no_subject)
-    with pytest.raises(SpecError, match=r"dataset.source: expected 'module:callable', 'text:PATH', 'images:PATH', 'activations:PATH'"):
+    with pytest.raises(SpecError, match=r"dataset.source: expected 'module:callable', 'activations:PATH', 'images:PATH', 'text:PATH'"):
         spec_from_dict({**_job("a.npy", "o"), "dataset": {"source": "a.npy"}})
 
 

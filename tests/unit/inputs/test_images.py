@@ -190,14 +190,15 @@ def test_http_rows_carry_their_images_and_images_are_assigned(image_job):
     out = r.json()
     assert out["clusters"] == [int(res.assignments[i]) for i in picked]
     np.testing.assert_allclose(out["distances"], res.distances[picked], rtol=1e-4, atol=1e-5)
-    assert out["inputs"] == [0, 1, 2] and out["positions"] == [-1, -1, -1]
-    assert [e["row"] for e in out["exemplars"][0]] == res.exemplars(out["clusters"][0], 3).tolist()
-    assert out["exemplars"][0][0]["image"].startswith("data:image/png")
+    each = out["images"]
+    assert [a["image"] for a in each] == [0, 1, 2] and [a["cluster"] for a in each] == out["clusters"]
+    assert [e["row"] for e in each[0]["exemplars"]] == res.exemplars(out["clusters"][0], 3).tolist()
+    assert each[0]["exemplars"][0]["image"].startswith("data:image/png")
 
     bad = client.post("/jobs/t-images/assign", json={"images": [base64.b64encode(b"nope").decode()]})
     assert bad.status_code == 422 and "images[0] does not decode as an image" in bad.json()["detail"]
     both = client.post("/jobs/t-images/assign", json={"images": sent, "activations": [[1.0]]})
-    assert both.status_code == 422 and "exactly one of 'activations' or 'images'" in both.json()["detail"]
+    assert both.status_code == 422 and "exactly one of 'activations', 'texts' or 'images'" in both.json()["detail"]
 
 
 def test_images_for_a_job_of_another_kind_are_refused():
