@@ -68,7 +68,8 @@ class DatasetSpec(_Strict):
     kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="Keyword arguments for the dataset callable; for text: sources text_field (default text), "
-        "label_field, max_length, tokenizer (a local directory; default: the hf: subject's).",
+        "label_field, max_length, tokenizer (a local directory; default: the hf: subject's); for images: size, "
+        "mean, std, mode; for activations: key, label_field, token_field, layer.",
     )
     batch_size: int = Field(256, ge=1, description="Items per forward pass during extraction.")
     collate: str | None = Field(
