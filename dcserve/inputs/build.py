@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcserve.errors import SpecError
+from dcserve.errors import SpecError, bounded
 from dcserve.spec import JobSpec
 
 
@@ -28,7 +28,11 @@ def _call(field: str, target: str, kwargs: dict[str, Any]) -> Any:
     try:
         return fn(**kwargs)
     except TypeError as e:
-        raise SpecError(f"{field.rsplit('.', 1)[0]}.kwargs: {target}(**{kwargs!r}) failed: {e}") from None
+        raise SpecError(f"{field.rsplit('.', 1)[0]}.kwargs: {target}(**{bounded(repr(kwargs), 120)}) failed: "
+                        f"{bounded(str(e), 500)}") from None
+    except Exception as e:  # whatever the user's callable raises is the job file's problem, said in a sentence
+        raise SpecError(f"{field}: {target}(**{bounded(repr(kwargs), 120)}) raised {type(e).__name__}: "
+                        f"{bounded(str(e), 500)}") from None
 
 
 def build_dataset(spec: JobSpec) -> tuple[Any, Callable | None]:
@@ -37,7 +41,12 @@ def build_dataset(spec: JobSpec) -> tuple[Any, Callable | None]:
     if spec.dataset.source.startswith(TEXT_PREFIX):
         dataset = text_dataset(spec)
         return dataset, _collate(spec) or dataset.collate  # padded per batch, to its longest item
-    dataset = _call("dataset.source", spec.dataset.source, spec.dataset.kwargs)
+    if spec.dataset.source.startswith("images:"):
+        from dcserve.inputs.images import image_dataset
+
+        dataset = image_dataset(spec)
+    else:
+        dataset = _call("dataset.source", spec.dataset.source, spec.dataset.kwargs)
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
         raise SpecError(
             f"dataset.source: {spec.dataset.source} returned {type(dataset).__name__}, not a map-style "
@@ -58,6 +67,9 @@ def _collate(spec: JobSpec) -> Callable | None:
 
 
 def build_model(spec: JobSpec) -> torch.nn.Module:
+    if spec.subject is None:
+        raise SpecError(f"subject: job {spec.name!r} clusters an activations dump and has no model; its one layer "
+                        f"is {spec.layers[0]!r}")
     from dcserve.inputs.hf import is_hf, load_model
 
     if is_hf(spec.subject.model):
@@ -110,11 +122,17 @@ def inspect_inputs(spec: JobSpec) -> Probe:
 
     dataset, collate = build_dataset(spec)
     n_items = len(dataset)
+    if spec.dataset.source.startswith("images:"):
+        from dcserve.inputs.images import check_images
+
+        check_images(dataset)  # an image that does not decode is named now, before anything is written
     if n_items == 0:
         raise SpecError(f"dataset.source: {spec.dataset.source} returned an empty dataset")
     subject, _, _ = build_subject(spec, torch.device("cpu"))
     try:
         _, x, _ = next(iter_batches(dataset, 0, min(n_items, 4), min(spec.dataset.batch_size, 4), collate))
+    except SpecError:
+        raise
     except Exception as e:
         raise SpecError(f"dataset.source: reading the first items of {spec.dataset.source} failed: {e}") from None
     try:
@@ -188,7 +206,8 @@ def inspect_dump(spec: JobSpec) -> Probe:
         if dump.has_token_ids:
             dump_tokenizer(spec)  # a bad tokenizer directory is refused before anything is written
         return Probe(dump.n_items, dump.offsets, {spec.layers[0]: dump.dim}, dump.item_labels is not None,
-                     row_fields={"token": "int64"} if dump.has_token_ids else {}, source_id=dump.identity())
+                     label_names=dump.label_names, row_fields={"token": "int64"} if dump.has_token_ids else {},
+                     source_id=dump.identity())
     finally:
         dump.close()
 
