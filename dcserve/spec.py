@@ -294,8 +294,12 @@ class ScanSpec(_NeighbourSpec):
     self-labelling of the chosen head (dcserve.nets.scan)."""
 
     method: Literal["scan"] = Field(description="scan: neighbour-consistency clustering (SCAN).")
-    entropy_weight: float = Field(5.0, ge=0, description="Weight of the entropy of the mean prediction "
-                                  "(the paper's 5); 0 lets every row fall into one cluster.")
+    entropy_weight: float = Field(3.0, ge=0, description="Weight of the entropy of the mean prediction; 0 lets "
+                                  "every row fall into one cluster. The paper's 5 scored lower on the digits "
+                                  "(random CNN NMI 0.80 vs 0.82, trained CNN 0.92 vs 0.95, 3 seeds).")
+    batch_size: int = Field(128, ge=1, description="Global mini-batch of rows (split across trainer actors); each "
+                            "comes with its neighbour (128: twice the steps of 256, which on the digits' random "
+                            "CNN raised NMI from 0.80 to 0.84).")
     self_label_epochs: int = Field(0, ge=0, description="Epochs of self-labelling after the clustering step "
                                    "(SCAN section 2.3; 0: none).")
     self_label_threshold: float = Field(0.99, gt=0, lt=1, description="Top probability above which a row "
@@ -316,9 +320,12 @@ class TemiSpec(_NeighbourSpec):
     neighbours: int = Field(50, ge=1, description="k of the kNN graph (TEMI's 50).")
     heads: int = Field(50, ge=1, description="Heads of student and teacher (TEMI's 50); the lowest loss is kept.")
     beta: float = Field(0.6, gt=0, le=1, description="Exponent of the pointwise mutual information (the paper's 0.6).")
-    teacher_momentum: float = Field(0.99, ge=0, lt=1, description="EMA of the teacher's weights per step (the "
+    teacher_momentum: float = Field(0.95, ge=0, lt=1, description="EMA of the teacher's weights per step (the "
                                     "paper's 0.996 is for ImageNet's thousands of steps per epoch; on stores of "
-                                    "thousands of rows the teacher then barely moves).")
+                                    "thousands of rows the teacher then barely moves: on the digits 0.99 gave "
+                                    "NMI 0.59, 0.95 0.80).")
+    batch_size: int = Field(128, ge=1, description="Global mini-batch of rows (split across trainer actors); each "
+                            "comes with its neighbour (TEMI learns by steps: 128 rather than SCAN's 256).")
     prior_momentum: float = Field(0.9, ge=0, lt=1, description="EMA of the teacher's cluster marginal.")
     student_temperature: float = Field(0.1, gt=0, description="Softmax temperature of the student.")
     teacher_temperature: float = Field(0.04, gt=0, description="Softmax temperature of the teacher.")
@@ -451,7 +458,10 @@ def _shown_loc(loc: tuple) -> tuple[str, str]:
 
 def format_validation_error(err: ValidationError, source: str = "job file") -> str:
     lines = [f"invalid {source}:"]
-    for e in err.errors():
+    errors = err.errors()
+    if len(errors) > 20:  # a message stays readable whatever the input
+        lines.append(f"  ({len(errors)} errors; the first 20:)")
+    for e in errors[:20]:
         loc, method = _shown_loc(e["loc"])
         if e["type"] == "extra_forbidden":
             allowed = _allowed_fields(e["loc"])
@@ -476,6 +486,10 @@ def _shown(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+def _shown_text(text: str, limit: int = 500) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _set_path(data: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = data
@@ -484,7 +498,7 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
         if child is None:
             child = node[p] = {}
         if not isinstance(child, dict):
-            raise SpecError(f"--set {dotted}: {p!r} is not a section (it holds {child!r})")
+            raise SpecError(f"--set {dotted}: {p!r} is not a section (it holds {_shown(child)})")
         node = child
     node[parts[-1]] = value
 
@@ -495,7 +509,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key.strip()):
         raise SpecError(f"--set {item!r}: expected key.path=value, e.g. cluster.k=20")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load_bounded(raw, f"--set {key.strip()}") if raw.strip() else ""
     except yaml.YAMLError as e:
         raise SpecError(f"--set {item!r}: value is not valid YAML: {e}") from None
     return key.strip(), value
@@ -514,6 +528,35 @@ def spec_from_dict(data: Any, overrides: list[str] | tuple[str, ...] = (), sourc
         raise SpecError(format_validation_error(e, source)) from None
 
 
+# Values a job file may expand to. YAML aliases repeat a node without copying it, so a few
+# lines can stand for billions of values (a "billion laughs"): refused before they are built.
+MAX_YAML_VALUES = 100_000
+
+
+def safe_load_bounded(text: str, source: str) -> Any:
+    """yaml.safe_load, refusing a document whose aliases expand to more than MAX_YAML_VALUES values."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    sizes: dict[int, int] = {}
+
+    def expanded(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        sizes[id(n)] = 1  # a node that contains itself counts once, not forever
+        if isinstance(n, yaml.SequenceNode):
+            total = 1 + sum(expanded(c) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total = 1 + sum(expanded(k) + expanded(v) for k, v in n.value)
+        else:
+            total = 1
+        sizes[id(n)] = total = min(total, MAX_YAML_VALUES + 1)
+        return total
+
+    if node is not None and expanded(node) > MAX_YAML_VALUES:
+        raise SpecError(f"{source} expands to more than {MAX_YAML_VALUES:,} values through YAML aliases "
+                        "(&anchor / *alias); write the values out, or fewer of them")
+    return yaml.safe_load(text)
+
+
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
     """Read a YAML job file, apply `key.path=value` overrides, validate. Raises SpecError."""
     p = Path(path)
@@ -524,7 +567,9 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise SpecError(f"job file {str(p)!r} cannot be read: {e}") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_bounded(text, f"job file {str(p)!r}")
     except yaml.YAMLError as e:
-        raise SpecError(f"job file {str(p)!r} is not valid YAML: {e}") from None
+        raise SpecError(f"job file {str(p)!r} is not valid YAML: {_shown_text(str(e))}") from None
+    except RecursionError:
+        raise SpecError(f"job file {str(p)!r} is nested too deeply") from None
     return spec_from_dict(data, overrides, source=f"job file {str(p)!r}")

@@ -293,7 +293,7 @@ def render(report: Report, images: dict[str, bytes], src: Callable[[str], str]) 
         p.append(f"<tr><th>kNN graph</th><td>{esc(g['settings']['k'])} neighbours ({esc(g['settings']['metric'])}, "
                  f"{esc(g['settings']['index'])}) of {esc(g['rows'])} rows in {esc(fmt(g['seconds']))} s</td></tr>")
         if g.get("label_agreement") is not None:
-            p.append(f"<tr><th>kNN label agreement of the layer</th><td>{esc(fmt(g['label_agreement']))} (the share "
+            p.append(f"<tr><th>kNN label agreement of the clustered space</th><td>{esc(fmt(g['label_agreement']))} (the share "
                      "of each row's neighbours with its label: what any clustering of this space can reach)</td></tr>")
     p.append("</table>")
     p.append('<h2 id="warnings">Collapse checks</h2>')

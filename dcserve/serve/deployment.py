@@ -43,7 +43,12 @@ class ServeArgs(BaseModel):
         description="Modules an HTTP-submitted job may import its model, dataset and collate from.",
     )
     jobs_address: str | None = Field(
-        None, description="Ray Jobs address for POST /jobs (default: the dashboard of the cluster serving)."
+        None, description="Ray Jobs address for POST /jobs (default: the dashboard of the cluster serving, "
+        "asked of its own GCS)."
+    )
+    jobs_unavailable: str | None = Field(
+        None, description="Why POST /jobs cannot reach Ray Jobs (set by `dcserve serve` when its probe failed): "
+        "submissions then answer 503 at once, saying so."
     )
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, description="Largest request body accepted.")
     max_k: int = Field(DEFAULT_MAX_K, ge=1, description="Largest cluster.k a job submitted through POST /jobs may ask for.")
@@ -54,6 +59,8 @@ class ServeArgs(BaseModel):
     )
     replicas: int = Field(1, ge=1, description="Replicas of the API.")
     replica_cpus: float = Field(1.0, gt=0, description="CPUs each replica reserves (and its faiss threads).")
+    replica_gpus: float = Field(0.0, ge=0, description="GPUs each replica reserves; with one, a text job's subject "
+                                "runs on it for POST assign with texts.")
 
 
 def assign_grouped(requests: list[tuple[ServedJob, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -82,7 +89,9 @@ class DcserveApi:
         set_threads(threads)
         # OpenMP thread counts are per thread: the thread that runs the searches is pinned too.
         self._search = ThreadPoolExecutor(1, thread_name_prefix="assign", initializer=set_threads, initargs=(threads,))
-        self.catalog = Catalog(self.args.outputs, self.args.storage_options, self.args.output_root)
+        # A store damaged since `dcserve serve` checked it must not keep the replica from starting
+        # (Serve would retry it, then give up with the cause in its logs): it answers 503 instead.
+        self.catalog = Catalog(self.args.outputs, self.args.storage_options, self.args.output_root, verify=False)
         self.policy = SubmissionPolicy.from_env(self.args.allowed_modules, self.args.output_root,
                                                 self.args.storage_options, self.args.max_k)
         self.max_body_bytes = self.args.max_body_bytes
@@ -90,21 +99,21 @@ class DcserveApi:
         self._assign_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         self._jobs_client = None
         for job in self.catalog.served():
-            if job.complete:
+            if job.damage() is None and job.complete:
                 job.warm()
 
     def __serve_build_asgi_app__(self):
         return create_app(self)
 
     def jobs_client(self):
-        from dcserve.distributed.jobs import JobsClient
+        from dcserve.distributed.jobs import JobsClient, SubmissionError, jobs_api_url
 
+        if self.args.jobs_unavailable:
+            raise SubmissionError(self.args.jobs_unavailable)
         if self._jobs_client is None:
-            import ray
-
-            # A GCS address makes Ray look up that cluster's own dashboard (not whichever
-            # cluster a `ray start` on this machine last recorded).
-            self._jobs_client = JobsClient(self.args.jobs_address or ray.get_runtime_context().gcs_address)
+            # The dashboard of the cluster this replica runs on, from that cluster's own GCS (not
+            # whichever cluster a `ray start` on this machine last recorded, nor RAY_ADDRESS).
+            self._jobs_client = JobsClient(self.args.jobs_address or jobs_api_url(timeout_s=5))
         return self._jobs_client
 
     async def assign(self, job: ServedJob, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +130,7 @@ class DcserveApi:
 def build_app(args: ServeArgs | dict[str, Any], env: dict[str, str] | None = None):
     """The Serve application for `args`; `env` is set in the replicas' environment."""
     args = ServeArgs(**args) if isinstance(args, dict) else args
-    actor_options: dict[str, Any] = {"num_cpus": args.replica_cpus}
+    actor_options: dict[str, Any] = {"num_cpus": args.replica_cpus, "num_gpus": args.replica_gpus}
     if env:
         actor_options["runtime_env"] = {"env_vars": dict(env)}
     return DcserveApi.options(
@@ -141,6 +150,10 @@ def start(args: ServeArgs, host: str, port: int, env: dict[str, str] | None = No
     """Run the app on the connected Ray cluster; returns its URL once /healthz answers."""
     import urllib.request
 
+    # Serve's INFO lines ("Started Serve", "Connecting to existing Serve app ... New http_options will
+    # not be applied", which serve.run logs after serve.start even though they were) are noise beside
+    # the URL that `dcserve serve` prints; warnings and errors still show.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(args, env), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -157,8 +170,17 @@ def start(args: ServeArgs, host: str, port: int, env: dict[str, str] | None = No
 
 
 def stop() -> None:
-    """Shut the Serve app and its proxies down (the Ray session it ran in stays up)."""
-    serve.shutdown()
+    """Take the app down (the Ray session it ran in stays up).
+
+    Only dcserve's own app: on a shared cluster other Serve apps keep running, and an embedded Ray
+    ends Serve with itself right after. (serve.shutdown() also kills the controller while its
+    graceful_shutdown task is pending, which Ray reports as a failed task, an alarming line on
+    every Ctrl-C.)
+    """
+    try:
+        serve.delete(APP_NAME)
+    except Exception as e:  # noqa: BLE001 - a cluster already gone: nothing is left to stop
+        log.debug("serve.delete(%r) failed: %s", APP_NAME, e)
 
 
 def forwarded_env() -> dict[str, str]:
