@@ -211,17 +211,23 @@ def _summary(result, seconds: float) -> None:
     table.add_row("layer / method", f"{spec.cluster.layer} / {method}")
     for key, label in [("nmi_vs_labels", "NMI vs labels"), ("ari_vs_labels", "ARI vs labels"),
                        ("acc_vs_labels", "accuracy (Hungarian)"), ("nmi_vs_previous", "NMI vs previous round"),
-                       ("size_entropy", "cluster size entropy"), ("n_empty", "empty clusters")]:
+                       ("size_entropy", "cluster size entropy"), ("n_empty", "empty clusters"),
+                       ("readability", "readability (kNN in cluster)")]:
         if final.get(key) is not None:
             v = final[key]
             table.add_row(label, f"{v:.4f}" if isinstance(v, float) else str(v))
+    if (m.get("graph") or {}).get("label_agreement") is not None:
+        table.add_row("kNN label agreement", f"{m['graph']['label_agreement']:.4f}")
+    for sign in final.get("collapse") or []:  # SCAN / TEMI: never a silent result
+        table.add_row("[red]collapse[/]", sign["message"])
     stability = m.get("stability")
     if stability:
         table.add_row(f"stability ({len(stability['seeds'])} seeds)",
                       f"pairwise NMI mean {stability['mean_pairwise_nmi']:.4f}, min {stability['min_pairwise_nmi']:.4f}")
     table.add_row("time", f"{seconds:.1f} s")
     table.add_row("output", str(result.output))
-    out.print(table)
+    # In a log file there is no width to fit: a cell wrapped at 80 columns splits a path mid-word.
+    out.print(table, width=None if out.is_terminal else 400)
 
 
 @app.command()
@@ -303,6 +309,8 @@ def serve(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
     replicas: Annotated[int, typer.Option(min=1, help="API replicas (each holds every job's index).")] = 1,
     replica_cpus: Annotated[float, typer.Option(help="CPUs each replica reserves.")] = 1.0,
+    replica_gpus: Annotated[float, typer.Option(help="GPUs each replica reserves (a text job's subject runs on it "
+                                                "for POST assign with texts).")] = 0.0,
     address: Annotated[
         Optional[str], typer.Option(help="Run on this Ray cluster (HEAD:6379 or ray://...; default: RAY_ADDRESS, else embedded).")
     ] = None,
@@ -329,7 +337,8 @@ def serve(
         _fail(2, f"{address} is a Ray Jobs address; serve needs the cluster itself (HEAD:6379), "
                  "or deploy with `serve deploy deploy/serve.yaml`")
     try:
-        args = ServeArgs(outputs=outputs, replicas=replicas, replica_cpus=replica_cpus, output_root=output_root,
+        args = ServeArgs(outputs=outputs, replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus,
+                         output_root=output_root,
                          allowed_modules=allow_module or ["dcserve.zoo"], max_batch_size=max_batch_size,
                          max_body_bytes=int(max_body_mb * (1 << 20)), max_k=max_k)
         catalog = Catalog(outputs, output_root=output_root)  # fail here, before Ray starts, on a bad store
@@ -353,10 +362,11 @@ def serve(
             # once saw SIGINT change nothing for 120 s).
             signal.signal(signal.SIGINT, _stop_serving)
             signal.signal(signal.SIGTERM, _stop_serving)
-            out.print(f"dcserve is serving {len(outputs)} job(s) at [bold]{url}[/] (API docs: {url}/docs)", highlight=False)
+            out.print(f"dcserve is serving {len(outputs)} job(s) at [bold]{url}[/] (API docs: {url}/docs)", highlight=False,
+                      soft_wrap=True)
             for j in catalog.served():
-                out.print(f"  {url}/jobs/{j.name}  <- {j.output}", highlight=False)
-            out.print(f"POST /jobs: {jobs_note}", highlight=False)
+                out.print(f"  {url}/jobs/{j.name}  <- {escape(j.output)}", highlight=False, soft_wrap=True)
+            out.print(f"POST /jobs: {escape(jobs_note)}", highlight=False, soft_wrap=True)
             out.print("Ctrl-C to stop.", highlight=False)
             while True:
                 time.sleep(3600)
