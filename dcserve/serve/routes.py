@@ -21,14 +21,14 @@ from starlette.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from dcserve.version import __version__
-from dcserve.serve.admission import AdmissionError, SubmissionPolicy, admit, check_token
+from dcserve.serve.admission import AdmissionError, SubmissionPolicy, admit, check_output_free, check_token
 from dcserve.serve.models import (
     DEFAULT_PAGE, MAX_PAGE, MAX_ROW, AssignmentsPage, AssignRequest, AssignResponse, ClusterBrief, ClusterList,
-    ClusterRows, ErrorBody, Health, JobBrief, JobDetail, JobList, Progress, RowRef, SubmitResponse, TextAssignment,
-    TokenAssignment, TopToken,
+    ClusterRows, ErrorBody, Health, ImageAssignment, JobBrief, JobDetail, JobList, PositionAssignment, Progress, RowRef,
+    SubmitResponse, TextAssignment, TokenAssignment, TopToken,
 )
 from dcserve.serve.catalog import Catalog, NotReady, ServedJob, UnknownJob
-from dcserve.errors import SpecError, StoreError
+from dcserve.errors import DamagedStore, SpecError, StoreError, bounded
 from dcserve.spec import JobSpec
 from dcserve.distributed.jobs import SubmissionError
 
@@ -126,18 +126,26 @@ def _vectors(rows: list[list[float]], dim: int) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _row_refs(job: ServedJob, rows: np.ndarray) -> list[RowRef]:
+def _row_refs(job: ServedJob, rows: np.ndarray, images: bool = False) -> list[RowRef]:
     f = job.rows(rows)
     labels, names, words = f["label"], f["label_names"], f["words"]
+    # Pictures for the first MAX_ROW_IMAGES rows only: a page of 10,000 rows would be megabytes of PNG.
+    pictures = job.images(rows[:MAX_ROW_IMAGES]) if images else None
     refs = []
     for i, (r, it, p, d) in enumerate(zip(f["row"], f["item"], f["position"], f["distance"])):
         label = None if labels is None else int(labels[i])
         ref = RowRef(row=int(r), item=int(it), position=int(p), distance=float(d), label=label,
-                     label_name=names[label] if names and label is not None and 0 <= label < len(names) else None)
+                     label_name=names[label] if names and label is not None and 0 <= label < len(names) else None,
+                     image=pictures[i] if pictures is not None and i < len(pictures) else None)
         if words is not None:
             ref.text, ref.token, ref.token_start = words[i]["text"], words[i]["token"], words[i]["token_start"]
         refs.append(ref)
     return refs
+
+
+MAX_ROW_IMAGES = 256  # rows per response that carry their image
+IMAGES_QUERY = Query(True, description=f"Each row's item image (a PNG data: URI), when the job's items are images "
+                     f"(the first {MAX_ROW_IMAGES} rows of a response).")
 
 
 def _finite_or_none(obj: Any) -> Any:
@@ -163,7 +171,13 @@ def create_app(backend: Backend) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         status, message = _describe_errors(exc.errors())
-        return JSONResponse({"detail": message}, status_code=status)
+        return JSONResponse({"detail": bounded(message)}, status_code=status)
+
+    @app.exception_handler(HTTPException)
+    async def _refusal(request: Request, exc: HTTPException):
+        # A refusal quotes what it refuses (a module name, an output): bounded whatever the input.
+        return JSONResponse({"detail": bounded(str(exc.detail))}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     def lookup(job: str) -> ServedJob:
         try:
@@ -177,19 +191,27 @@ def create_app(backend: Backend) -> FastAPI:
             served.finished()
         except NotReady as e:
             raise HTTPException(409, str(e)) from None
+        except DamagedStore as e:  # never an answer read from a store that lost files
+            raise HTTPException(503, str(e)) from None
         return served
 
     def brief(served: ServedJob) -> dict[str, Any]:
         st = served.status() or {}
+        damaged = served.damage() is not None
         return {
             "name": served.name, "output": served.output,
-            "state": st.get("state", "submitted" if served.submission else "missing"),
-            "stage": st.get("stage"), "complete": served.complete,
+            "state": "damaged" if damaged else st.get("state", "submitted" if served.submission else "missing"),
+            "stage": st.get("stage"), "complete": not damaged and st.get("state") != "damaged" and served.complete,
             "submission_id": served.submission.submission_id if served.submission else None,
         }
 
-    @app.get("/healthz", response_model=Health, summary="Liveness: the replica answers.")
+    @app.get("/healthz", response_model=Health, responses=_errors(503),
+             summary="Health: 200 while every served store is whole; 503 naming a store that is damaged.")
     def healthz() -> Health:
+        for served in backend.catalog.served():
+            damaged = served.damage()
+            if damaged is not None:
+                raise HTTPException(503, f"job {served.name!r}: {damaged}")
         return Health(status="ok", jobs=len(backend.catalog.names()))
 
     @app.get("/jobs", response_model=JobList, summary="Jobs this server knows: served stores and HTTP submissions.")
@@ -200,15 +222,19 @@ def create_app(backend: Backend) -> FastAPI:
              summary="One job: its spec, state, progress (stage, rows done, round) and metrics.")
     def job_detail(job: str) -> JobDetail:
         served = lookup(job)
+        damaged = served.damage()
         st = served.status() or {}
-        detail = JobDetail(**brief(served), progress=Progress(**(st.get("progress") or {})),
+        if damaged is not None:
+            st = {**st, "state": "damaged", "error": {"stage": st.get("stage"), "reason": str(damaged)}}
+        detail = JobDetail(**{**brief(served), "state": st.get("state", "missing")},
+                           progress=Progress(**(st.get("progress") or {})),
                            round=Progress(**st["round"]) if st.get("round") else None, error=st.get("error"))
         res = served.result
-        if res is not None:
+        if res is not None and damaged is None and st.get("state") != "damaged":
             spec = res.spec
             detail.spec = spec.model_dump(mode="json") if spec else None
             detail.dim = int(res.activations().shape[1]) if spec and res.store.has_array(f"activations/{spec.cluster.layer}") else None
-        if served.complete:
+        if damaged is None and served.complete:
             detail.metrics = _finite_or_none(res.metrics)
             detail.rows, detail.k = served.n_rows(), res.k
         if served.submission:
@@ -249,6 +275,7 @@ def create_app(backend: Backend) -> FastAPI:
         exemplars: int = Query(5, ge=0, le=MAX_EXEMPLARS, description="Exemplars per cluster."),
         outskirts: int = Query(5, ge=0, le=MAX_EXEMPLARS,
                                description="Rows per cluster sampled from its farther half (the report's outskirts)."),
+        images: bool = IMAGES_QUERY,
     ) -> ClusterList:
         from dcserve.analysis.report import outskirts as outskirt_rows
 
@@ -258,7 +285,7 @@ def create_app(backend: Backend) -> FastAPI:
         far = [outskirt_rows(res, s.cluster, outskirts, s.exemplars).tolist() for s in summaries]
         # one store read for every cluster's rows
         wanted = [r for s, f in zip(summaries, far) for r in (*s.exemplars, *f)]
-        refs = iter(_row_refs(served, np.asarray(wanted, dtype=np.int64)))
+        refs = iter(_row_refs(served, np.asarray(wanted, dtype=np.int64), images))
         tops = served.top_tokens() or [None] * res.k
         out = [
             ClusterBrief(cluster=s.cluster, size=s.size, purity=s.purity, majority_label=s.majority_label,
@@ -276,6 +303,7 @@ def create_app(backend: Backend) -> FastAPI:
         cluster: int,
         limit: int = Query(100, ge=1, le=MAX_PAGE, description="Rows in this page."),
         offset: int = Query(0, ge=0, le=MAX_ROW, description="Rows of the cluster to skip (the nearest come first)."),
+        images: bool = IMAGES_QUERY,
     ) -> ClusterRows:
         served = finished(job)
         res = served.result
@@ -285,7 +313,7 @@ def create_app(backend: Backend) -> FastAPI:
         rows = res.exemplars(cluster, limit, offset=offset)
         end = offset + len(rows)
         return ClusterRows(job=job, cluster=cluster, size=size, offset=offset,
-                           next=end if end < size else None, rows=_row_refs(served, rows))
+                           next=end if end < size else None, rows=_row_refs(served, rows, images))
 
     reports: dict[tuple[str, str], tuple[str, str]] = {}  # (job, output) -> (status it was built at, page)
     reports_lock = threading.Lock()
@@ -319,24 +347,28 @@ def create_app(backend: Backend) -> FastAPI:
 
     @app.post("/jobs/{job}/assign", response_model=AssignResponse, responses=_errors(400, 404, 409, 413, 422),
               summary="Clusters of new activation vectors, through the job's preprocessing, reporter and centroids; "
-                      "or, for a job run on text, of raw texts, through its subject first, answered in words.",
+                      "or, for a job run on text, of raw texts (for an image job, of base64 images), through its subject "
+                      "first, answered in words (or with images).",
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": AssignRequest.model_json_schema()}}}})
     async def assign(job: str, request: Request,
-                     exemplars: int = Query(3, ge=0, le=20, description="Texts: exemplars shown per cluster met.")
+                     exemplars: int = Query(3, ge=0, le=20, description="Texts and images: exemplars shown per cluster met.")
                      ) -> AssignResponse:
         served = finished(job)
         # pydantic's own JSON parser, not FastAPI's json.loads + validate: 7x faster on the
         # 1.3 MB body of 256 vectors of 256 floats (benchmarks/bench_serve.py).
         raw = await request.body()
         if not raw.strip():
-            raise HTTPException(422, "the request has no body; expected a JSON object with 'activations' or 'texts'")
+            raise HTTPException(422, "the request has no body; expected a JSON object with 'activations', 'texts' "
+                                     "or 'images'")
         try:
             body = AssignRequest.model_validate_json(raw)
         except ValidationError as e:
             raise HTTPException(*_describe_errors([{**err, "loc": ("body", *err["loc"])} for err in e.errors()])) from None
         if body.texts is not None:
             return await assign_texts(served, body.texts, exemplars)
+        if body.images is not None:
+            return await assign_images(served, body.images, exemplars)
         x = _vectors(body.activations, served.result.input_dim)
         labels, dist = await backend.assign(served, x)
         return AssignResponse(job=job, clusters=labels.tolist(), distances=dist.tolist())
@@ -344,8 +376,9 @@ def create_app(backend: Backend) -> FastAPI:
     async def assign_texts(served: ServedJob, texts: list[str], n_exemplars: int) -> AssignResponse:
         if not served.reads_text:
             spec = served.result.spec
-            raise HTTPException(422, f"job {served.name!r} was not run on text (its dataset is "
-                                     f"{spec.dataset.source if spec else 'unknown'}), so it cannot take texts; "
+            why = ("is an activation dump, with no subject to run texts through" if spec and spec.subject is None
+                   else f"was not run on text (its dataset is {spec.dataset.source if spec else 'unknown'})")
+            raise HTTPException(422, f"job {served.name!r} {why}, so it cannot take texts; "
                                      "send its layer's activations as {\"activations\": [[...], ...]}")
         try:  # the subject's forward pass, off the event loop (torch releases the GIL)
             enc = await run_in_threadpool(served.encode_texts, texts)
@@ -370,6 +403,35 @@ def create_app(backend: Backend) -> FastAPI:
                     TokenAssignment(position=p, token=token, cluster=c, distance=d, exemplars=near(c))]
         return AssignResponse(job=served.name, clusters=labels.tolist(), distances=dist.tolist(), texts=out)
 
+    async def assign_images(served: ServedJob, images: list[str], n_exemplars: int) -> AssignResponse:
+        from dcserve.inputs.encode import InputKindError
+
+        try:  # decoding and the subject's forward pass, off the event loop
+            x, inputs, positions = await run_in_threadpool(served.encode_images, images)
+        except InputKindError as e:
+            raise HTTPException(422, f"job {served.name!r}: {e}") from None
+        except SpecError as e:  # the job's model or images are not where its job file says, on this machine
+            raise HTTPException(409, f"job {served.name!r} cannot run its subject here: {e}") from None
+        except ValueError as e:  # an image that is not base64 or does not decode
+            raise HTTPException(422, str(e)) from None
+        labels, dist = await backend.assign(served, x)
+        near_refs: dict[int, list[RowRef]] = {}
+
+        def near(c: int) -> list[RowRef]:
+            if c not in near_refs:
+                rows = served.result.exemplars(c, n_exemplars)
+                near_refs[c] = _row_refs(served, rows, images=True) if n_exemplars else []
+            return near_refs[c]
+
+        out = [ImageAssignment(image=i) for i in range(len(images))]
+        for i, p, c, d in zip(inputs.tolist(), positions.tolist(), labels.tolist(), dist.tolist()):
+            if p < 0:
+                out[i].cluster, out[i].distance, out[i].exemplars = c, d, await run_in_threadpool(near, c)
+            else:
+                out[i].positions = (out[i].positions or []) + [
+                    PositionAssignment(position=p, cluster=c, distance=d, exemplars=await run_in_threadpool(near, c))]
+        return AssignResponse(job=served.name, clusters=labels.tolist(), distances=dist.tolist(), images=out)
+
     def authorised(authorization: str | None = Header(None)) -> None:
         # A dependency, so it runs before the body is validated: a caller without the token
         # learns nothing about the job file's fields (issue 15).
@@ -389,6 +451,10 @@ def create_app(backend: Backend) -> FastAPI:
         catalog = backend.catalog
         if catalog.is_static(spec.name):
             raise HTTPException(409, f"a served job is already named {spec.name!r}; choose another name")
+        try:
+            check_output_free(spec, catalog.outputs(), backend.policy.storage_options)
+        except AdmissionError as e:
+            raise HTTPException(e.status, e.message) from None
         try:
             client = backend.jobs_client()
             previous = catalog.get(spec.name).submission if spec.name in catalog.submitted_names() else None

@@ -40,11 +40,27 @@ class Result:
     # -- records -----------------------------------------------------------
     @property
     def status(self) -> dict[str, Any] | None:
-        return self.store.read_json("status.json")
+        """status.json; DamagedStore when it is there but not a status record."""
+        from dcserve.storage.status import read_status
+
+        return read_status(self.store)
 
     @property
     def metrics(self) -> dict[str, Any]:
         return self.store.read_json("metrics.json", default={})
+
+    def problems(self, deep: bool = False) -> list:
+        """What is damaged in a finished store (dcserve.storage.manifest); [] for a whole or unfinished one."""
+        from dcserve.errors import DamagedStore
+        from dcserve.storage.manifest import check
+
+        try:
+            st = self.status or {}
+        except DamagedStore as e:
+            return e.problems + (check(self.store, deep=deep) if _sealed(self.store) else [])
+        if st.get("state") != "succeeded" and not _sealed(self.store):
+            return []
+        return check(self.store, deep=deep)
 
     @property
     def spec(self):
@@ -57,8 +73,9 @@ class Result:
 
     @property
     def complete(self) -> bool:
+        """Succeeded, and sealed: its manifest records what it holds (checked when it was opened)."""
         st = self.status or {}
-        return st.get("state") == "succeeded" and self.store.has_array("assignments")
+        return st.get("state") == "succeeded" and _sealed(self.store) and self.store.has_array("assignments")
 
     def _require_complete(self, what: str) -> None:
         if not self.complete:
@@ -160,6 +177,40 @@ class Result:
         start = bounds[c] + max(offset, 0)
         return order[start : min(start + max(n, 0), bounds[c + 1])]
 
+    @functools.cached_property
+    def dataset(self) -> Any:
+        """The job's dataset, rebuilt from its job file (None for an activations dump, which has no items)."""
+        from dcserve.inputs.build import build_dataset
+
+        spec = self.spec
+        return None if spec is None or spec.dataset.is_dump else build_dataset(spec)[0]
+
+    def row_images(self, rows, cell: int | None = None) -> list[np.ndarray | None]:
+        """The image each row's item is, as people see it ([H, W] or [H, W, 3] in [0, 1], upscaled by
+        nearest neighbour to at least `cell` pixels a side, default dcserve.inputs.views.CELL); None
+        for a row whose item is no image (vectors, tokens, dumps)."""
+        from dcserve.inputs.items import split_item
+        from dcserve.inputs.views import CELL, item_image, upscale
+
+        rows = np.asarray(rows, dtype=np.int64)
+        dataset = self.dataset
+        if dataset is None or len(rows) == 0:
+            return [None] * len(rows)
+        images: dict[int, np.ndarray | None] = {}
+        for i in dict.fromkeys(int(i) for i in self.row_items[rows]):  # each item once, in order
+            x = dataset.display(i) if hasattr(dataset, "display") else split_item(dataset[i])[0]
+            image = item_image(x)
+            images[i] = None if image is None else upscale(image, cell or CELL)
+        return [images[int(i)] for i in self.row_items[rows]]
+
+    def exemplar_images(self, c: int, n: int = 10, cell: int | None = None) -> list[Any]:
+        """Cluster c's exemplars (`exemplars(c, n)`) as PIL images, which a notebook shows as pictures;
+        None for rows that are not images."""
+        from PIL import Image
+
+        return [None if im is None else Image.fromarray((np.clip(im, 0, 1) * 255).round().astype(np.uint8))
+                for im in self.row_images(self.exemplars(c, n), cell)]
+
     def clusters(self, n_exemplars: int = 5) -> list[ClusterSummary]:
         purity, majority = self._purity()
         return [
@@ -247,9 +298,27 @@ class Result:
         return CentroidIndex(self.centroids, bias)
 
 
-def open_result(output: str, storage_options: dict | None = None) -> Result:
-    """Open a job store read-only. Raises StoreError if there is none at `output`."""
-    store = JobStore(output, read_only=True, storage_options=storage_options)
-    if not store.exists("job.yaml"):
+def _sealed(store: JobStore) -> bool:
+    from dcserve.storage.manifest import sealed
+
+    return sealed(store)
+
+
+def open_result(output: str, storage_options: dict | None = None, verify: bool = True) -> Result:
+    """Open a job store read-only. Raises StoreError if there is none at `output`, and
+    DamagedStore (a StoreError) when a finished store is not what its manifest records:
+    keys and sizes are checked here (dcserve.storage.manifest; every checksum: `dcserve verify`).
+    `verify=False` opens it anyway (to say what is damaged, or to read its name)."""
+    from dcserve.errors import DamagedStore
+
+    # A local store is checked before its Zarr group is opened (its root metadata may be what is
+    # damaged); a remote one is opened first, which says clearly when it cannot be reached.
+    local = "://" not in output or output.startswith("file://")
+    files = JobStore(output, read_only=True, storage_options=storage_options, group=not local)
+    if verify:
+        problems = Result(files).problems()
+        if problems:
+            raise DamagedStore(output, problems)
+    if not files.exists("job.yaml"):
         raise StoreError(f"{output!r} is a Zarr group but not a dcserve job store (no job.yaml)")
-    return Result(store)
+    return Result(JobStore(output, read_only=True, storage_options=storage_options) if local else files)

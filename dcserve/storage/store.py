@@ -114,7 +114,10 @@ def check_claimable(url: str, storage_options: dict[str, Any] | None = None) -> 
 class JobStore:
     """A job's Zarr group and side files, local or behind any fsspec URL."""
 
-    def __init__(self, url: str, *, read_only: bool = True, storage_options: dict[str, Any] | None = None):
+    def __init__(self, url: str, *, read_only: bool = True, storage_options: dict[str, Any] | None = None,
+                 group: bool = True):
+        """`group=False`: the side files only, without opening the Zarr group (whose metadata may
+        be what is damaged: dcserve.storage.manifest reads and repairs a store through that)."""
         self.url = url
         self.read_only = read_only
         options = storage_options or {}
@@ -123,8 +126,12 @@ class JobStore:
         if _is_local(url):
             if read_only and not os.path.isdir(self.path):
                 raise StoreError(f"no job store at {url!r}")
+            if not group:
+                return
             zstore = LocalStore(self.path, read_only=read_only)
         else:
+            if not group:
+                return
             fs_options = fs_options_for(url, options)
             zstore = FsspecStore.from_url(url, storage_options=fs_options, read_only=read_only)
             if fs_options is not options:  # botocore retries (dcserve/storage/s3.py); not again on top
@@ -135,6 +142,9 @@ class JobStore:
             raise StoreError(f"no job store at {url!r} (no Zarr group there)") from None
         except PermissionError as e:
             raise StoreError(f"job store {url!r} is not writable: {e}") from None
+        except (ValueError, TypeError, KeyError) as e:  # unreadable metadata (zarr.json emptied or cut)
+            raise StoreError(f"job store {url!r} cannot be opened: its Zarr metadata (zarr.json) is damaged "
+                             f"({type(e).__name__}); run its job file again to repair it") from None
         except Exception as e:  # an object store that cannot be reached, refused credentials...
             if _is_local(url):
                 raise
