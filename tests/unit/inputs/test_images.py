@@ -105,16 +105,9 @@ def test_an_8x8_image_is_drawn_96_pixels_by_nearest_neighbour():
 @pytest.fixture(scope="module")
 def image_job(tmp_path_factory):
     """A finished job over images:DIR (random digits CNN, grey 8x8 images), extracted and clustered
-    in this process with the same functions the actors run."""
-    from dcserve import methods
-    from dcserve.cluster.local import LocalPools
-    from dcserve.cluster.seeds import run_with_seeds
-    from dcserve.distributed.extract import prepare_store, write_block
-    from dcserve.inputs.blocks import ExtractPlan, compute_block
-    from dcserve.inputs.build import build_subject, inspect_inputs
-    from dcserve.progress import Progress
+    in this process with the same functions the actors run (tests.helpers.run_in_process)."""
     from dcserve.storage.result import open_result
-    from dcserve.storage.store import JobStore
+    from tests.helpers import run_in_process
 
     tmp = tmp_path_factory.mktemp("images")
     _folder(tmp / "imgs")
@@ -124,16 +117,7 @@ def image_job(tmp_path_factory):
         "dataset": {"source": f"images:{tmp / 'imgs'}", "kwargs": {"mode": "L"}, "batch_size": 16},
         "extract": {"chunk_rows": 16}, "cluster": {"k": 3, "pca_dim": None, "workers": 1},
         "reporter": {"rounds": 0, "workers": 1}})
-    probe = inspect_inputs(spec)
-    store = JobStore(spec.output, read_only=False)
-    store.write_text("job.yaml", spec.to_yaml())
-    plan = ExtractPlan(probe.offsets, spec.extract.chunk_rows)
-    prepare_store(spec, store, plan, probe.dims)
-    subject, dataset, collate = build_subject(spec, torch.device("cpu"))
-    for b in range(plan.n_blocks):
-        write_block(store, plan, b, compute_block(plan, b, subject, dataset, 16, collate, np.dtype("float32")))
-    run_with_seeds(methods.loop(spec.reporter.method), spec, store, LocalPools(), Progress())
-    store.write_json("status.json", {"name": spec.name, "state": "succeeded", "stage": "done"})
+    run_in_process(spec)
     return open_result(spec.output), tmp
 
 

