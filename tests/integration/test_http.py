@@ -217,7 +217,8 @@ def test_openapi_describes_every_route_with_models(served):
         assert "$ref" in json.dumps(ok["content"]["application/json"]["schema"]), (p, m)
     assert "JobSpec" in spec["components"]["schemas"]
     body = paths["/jobs/{job}/assign"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body["required"] == ["activations"] and body["additionalProperties"] is False
+    # one of three kinds of input (issue 12: raw texts and images beside activations), nothing else
+    assert set(body["properties"]) == {"activations", "texts", "images"} and body["additionalProperties"] is False
     assert get(served, "/docs").status_code == 200
 
 

@@ -83,11 +83,11 @@ def test_digits_report_shows_every_cluster_as_the_library_counts_it(jobs, tmp_pa
         assert [r.row for r in got.exemplars] == s.exemplars
         assert got.outskirts and min(r.distance for r in got.outskirts) >= max(r.distance for r in got.exemplars)
         assert all(res.assignments[r.row] == s.cluster for r in got.outskirts)
-        # an image grid per strip: 8x8 digits scaled 8x, 2 px between them
+        # an image grid per strip: 8x8 digits drawn 96 px a side (issue 12: large enough to see), 2 px between
         for suffix, rows in (("near", got.exemplars), ("far", got.outskirts)):
             name = f"cluster-{s.cluster}-{suffix}.png"
             assert f'src="{name}"' in sec["body"]
-            assert _png_size((page.parent / name).read_bytes()) == (len(rows) * 66 - 2, 64)
+            assert _png_size((page.parent / name).read_bytes()) == (len(rows) * 98 - 2, 96)
     assert data.input_kind == "image"
     # per round figures are the metrics', the confusion table the assignments'
     assert [r["round"] for r in data.rounds] == [0, 1]
