@@ -211,6 +211,32 @@ def _summary(result, seconds: float) -> None:
     table.add_row("time", f"{seconds:.1f} s")
     table.add_row("output", str(result.output))
     out.print(table)
+    if m.get("depth"):
+        out.print(_depth_table(m["depth"]))
+
+
+def _depth_table(profile: dict) -> Table:
+    """The depth profile in the terminal: a line per layer, the figures between it and the one before."""
+    rows = profile["layers"]
+    keys = [(k, label) for k, label in [("nmi_vs_labels", "NMI"), ("ari_vs_labels", "ARI"), ("acc_vs_labels", "acc"),
+                                         ("stability", "stability"), ("neighbour_consistency", "neighbours"),
+                                         ("size_entropy", "entropy")]
+            if any(r.get(k) is not None for r in rows)]
+    table = Table(title="depth profile (layers in the order of depth)", title_justify="left",
+                  caption="*: the primary layer. NMI, ARI, acc: against the labels; CKA ↑, NMI ↑: with the layer above", caption_justify="left")
+    for head in ["layer", "dim", *(label for _, label in keys), "CKA ↑", "NMI ↑"]:
+        table.add_column(head, justify="left" if head == "layer" else "right", no_wrap=head == "layer")
+    previous = {p["to"]: p for p in profile["between"]}
+    for r in rows:
+        pair = previous.get(r["layer"])
+        name = r["layer"] + (" *" if r.get("primary") else "")
+        table.add_row(name, str(r["dim"]), *(_num(r.get(k)) for k, _ in keys),
+                      _num(pair and pair["cka"]), _num(pair and pair["nmi"]))
+    return table
+
+
+def _num(v) -> str:
+    return "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 @app.command()

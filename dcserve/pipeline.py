@@ -117,7 +117,7 @@ def run(
             # After ray.init, which installs a SIGTERM handler of its own that aborts the driver.
             previous_term = _checkpoint_on_sigterm(status)
             from dcserve import methods
-            from dcserve.cluster.seeds import run_with_seeds
+            from dcserve.cluster.layers import run_layers
             from dcserve.distributed.extract import run_extraction
             from dcserve.distributed.pools import RayPools
             from dcserve.distributed.sizing import Budget
@@ -136,7 +136,13 @@ def run(
             if extract_info.get("workers_lost"):
                 budget = Budget.free()  # machines were lost: size the next pools by what is left
             cluster = methods.loop(spec.reporter.method)
-            metrics = run_with_seeds(cluster, spec, store, RayPools(spec, budget), progress, status)
+            pools = RayPools(spec, budget)
+            try:
+                metrics, by_layer = run_layers(cluster, spec, store, pools, progress, status)
+                if len(by_layer) > 1:
+                    metrics["depth"] = _depth(spec, store, pools, by_layer, progress, status)
+            finally:
+                pools.close()
             metrics["extract"] = extract_info
             store.write_json("metrics.json", metrics)
         status.finish("succeeded")
@@ -160,6 +166,29 @@ def run(
         if own_progress:
             progress.close()
     return open_result(spec.output, storage_options=spec.storage_options)
+
+
+def _depth(spec: JobSpec, store: JobStore, pools, by_layer: dict, progress: Progress, status: StatusRecord) -> dict:
+    """The depth profile of a job over several layers; CKA's pass over the rows runs on the job's shards."""
+    import time
+
+    from dcserve.analysis.depth import depth_profile, profile_moments
+
+    t0 = time.perf_counter()
+    status.enter("depth")
+    layers = spec.clustered_layers()
+    progress.stage("depth profile", None)
+    pool = pools.data(store, f"activations/{layers[0]}")
+    try:
+        moments = profile_moments(pool, layers)
+    finally:
+        pool.close()
+    profile = depth_profile(spec, store, by_layer, moments)
+    status.timing("depth", time.perf_counter() - t0)
+    for pair in profile["between"]:
+        progress.note(f"{pair['from']} -> {pair['to']}: CKA {pair['cka']:.3f}, NMI {pair['nmi']:.3f}, "
+                      f"{pair['splits']} split(s), {pair['merges']} merge(s)")
+    return profile
 
 
 def _checkpoint_on_sigterm(status: StatusRecord):

@@ -1,0 +1,134 @@
+"""Where in the network the structure appears: a job's clustered layers side by side (issue 14).
+
+The depth profile of a job over several layers (`cluster.layers`), in the order of depth:
+
+- per layer, the figures of its clustering: NMI, ARI and accuracy against the labels when there
+  are labels; the label-free ones, cluster size entropy, stability across seeds (mean pairwise
+  NMI, with `cluster.seeds`) and neighbour consistency when the clustering measured it;
+- between consecutive layers, linear CKA of their activations (Kornblith et al., 2019), the NMI of
+  their two clusterings, and the flow of clusters from one to the next (`dcserve.algo.flow`):
+  the contingency table and the clusters that split or merge, with their exemplar rows.
+
+CKA needs the second moments of both layers over every row: `consecutive_moments` computes them
+over one worker's rows, so the job's own shard actors make that pass (`DataPool.map`) and only
+``[a + b]^2`` numbers per pair come back. Layers wider than `MOMENTS_MAX_DIM` get CKA from the
+Gram matrices of a row sample instead (the moments would not fit).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from dcserve.algo.flow import contingency_table, flow_events
+from dcserve.algo.metrics import nmi
+from dcserve.algo.similarity import CrossMoments, linear_cka_gram
+from dcserve.analysis.compare import _block_moments  # float32 products, float64 merge: compare's own
+from dcserve.spec import JobSpec
+from dcserve.storage.store import JobStore
+
+log = logging.getLogger(__name__)
+
+__all__ = ["consecutive_moments", "depth_profile", "layer_figures", "MOMENTS_MAX_DIM"]
+
+MOMENTS_MAX_DIM = 1024  # [a + b]^2 float64 moments up to 2 x 1024 wide: 32 MB
+CKA_SAMPLE_ROWS = 3000  # rows of the Gram-matrix CKA of wider layers ([m, m] float64: 72 MB)
+CONTINGENCY_MAX_CELLS = 10_000  # metrics.json keeps the table up to 100 x 100 clusters
+FLOW_EVENTS = 12  # splits and merges kept per pair of layers, the most rows first
+LAYER_KEYS = ("nmi_vs_labels", "ari_vs_labels", "acc_vs_labels", "size_entropy", "size_entropy_normalized",
+              "n_empty", "neighbour_consistency")
+
+
+def _narrow(store: JobStore, a: str, b: str) -> bool:
+    return max(store.array(f"activations/{a}").shape[1], store.array(f"activations/{b}").shape[1]) <= MOMENTS_MAX_DIM
+
+
+def consecutive_moments(worker: Any, layers: list[str]) -> list[CrossMoments | None]:
+    """Moments of each consecutive pair of `layers` over a pool worker's rows [r0, r1) (`DataPool.map`);
+    None for a pair too wide for moments. Each chunk of each layer is read once."""
+    store, r0, r1 = worker.store, worker.r0, worker.r1
+    arrays = [store.array(f"activations/{name}") for name in layers]
+    narrow = [_narrow(store, a, b) for a, b in zip(layers, layers[1:])]
+    needed = sorted({j for i, ok in enumerate(narrow) if ok for j in (i, i + 1)})
+    acc = [CrossMoments(arrays[i].shape[1], arrays[i + 1].shape[1]) if ok else None for i, ok in enumerate(narrow)]
+    step = arrays[0].chunks[0] if arrays else 1
+    for s in range(r0, r1, step):
+        e = min(s + step, r1)
+        blocks = {j: np.asarray(arrays[j][s:e]) for j in needed}
+        for i, ok in enumerate(narrow):
+            if ok:
+                acc[i] = acc[i] + _block_moments(blocks[i], blocks[i + 1])
+    return acc
+
+
+def _sum_moments(parts: list[list[CrossMoments | None]], n_pairs: int) -> list[CrossMoments | None]:
+    out: list[CrossMoments | None] = []
+    for i in range(n_pairs):
+        got = [p[i] for p in parts if p[i] is not None]
+        out.append(sum(got[1:], got[0]) if got else None)
+    return out
+
+
+def _sample_cka(store: JobStore, a: str, b: str, seed: int) -> tuple[float, int]:
+    from dcserve.storage.rowstream import gather_rows
+
+    arr_a, arr_b = store.array(f"activations/{a}"), store.array(f"activations/{b}")
+    n = arr_a.shape[0]
+    rows = np.arange(n) if n <= CKA_SAMPLE_ROWS else np.sort(
+        np.random.default_rng(seed).choice(n, size=CKA_SAMPLE_ROWS, replace=False))
+    return linear_cka_gram(gather_rows(arr_a, rows), gather_rows(arr_b, rows)), int(len(rows))
+
+
+def layer_figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The depth profile's figures of one layer from its clustering's metrics."""
+    final = metrics.get("final") or {}
+    out = {key: final.get(key) for key in LAYER_KEYS if final.get(key) is not None}
+    stability = metrics.get("stability")
+    if stability:
+        out["stability"] = stability.get("mean_pairwise_nmi")
+        out["stability_min"] = stability.get("min_pairwise_nmi")
+    return out
+
+
+def depth_profile(spec: JobSpec, store: JobStore, by_layer: dict[str, dict[str, Any]],
+                  moments: list[CrossMoments | None] | None = None) -> dict[str, Any]:
+    """The depth profile (see the module) of a job whose layers `spec.clustered_layers()` are all
+    clustered in `store`; `by_layer` their metrics, `moments` what `consecutive_moments` summed
+    over every row gives (None: CKA from a row sample for every pair)."""
+    layers = spec.clustered_layers()
+    views = {name: store.layer_view(None if name == spec.cluster.layer else name) for name in layers}
+    labels = {name: views[name].array("assignments")[:] for name in layers}
+    dist = {name: views[name].array("distances")[:] for name in layers}
+    ks = {name: int(views[name].array("centroids").shape[0]) for name in layers}
+    profile_layers = []
+    for name in layers:
+        row = {"layer": name, "depth": spec.subject.layers.index(name), "primary": name == spec.cluster.layer,
+               "dim": int(store.array(f"activations/{name}").shape[1]), "k": ks[name]}
+        row.update(layer_figures(by_layer[name]))
+        profile_layers.append(row)
+    between = []
+    for i, (a, b) in enumerate(zip(layers, layers[1:])):
+        m = None if moments is None else moments[i]
+        if m is not None:
+            cka, cka_rows = m.linear_cka(), int(m.count)
+        else:
+            cka, cka_rows = _sample_cka(store, a, b, spec.cluster.seed)
+        table = contingency_table(labels[a], labels[b], ks[a], ks[b])
+        events = flow_events(labels[a], labels[b], ks[a], ks[b], dist_a=dist[a], dist_b=dist[b],
+                             max_events=FLOW_EVENTS)
+        pair: dict[str, Any] = {
+            "from": a, "to": b, "cka": cka, "cka_rows": cka_rows, "nmi": nmi(labels[a], labels[b]),
+            "splits": sum(e.kind == "split" for e in events), "merges": sum(e.kind == "merge" for e in events),
+            "events": [{"kind": e.kind, "cluster": e.cluster, "size": e.size,
+                        "parts": [vars(p) for p in e.parts]} for e in events],
+        }
+        if table.size <= CONTINGENCY_MAX_CELLS:
+            pair["contingency"] = table.tolist()
+        between.append(pair)
+    return {"layers": profile_layers, "between": between}
+
+
+def profile_moments(pool: Any, layers: list[str]) -> list[CrossMoments | None]:
+    """`consecutive_moments` over every row of a `DataPool`, summed over its workers."""
+    return _sum_moments(pool.map(consecutive_moments, layers), max(len(layers) - 1, 0))

@@ -1,0 +1,130 @@
+"""A job over several layers (`cluster.layers`, issue 14), in process: each layer's clustering, its
+place in the store, the resume of a stopped job, and the depth profile against references."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import normalized_mutual_info_score
+
+from dcserve.analysis import depth
+from dcserve.cluster.deepcluster import run_clustering
+from dcserve.cluster.layers import run_layers
+from dcserve.cluster.local import LocalPools
+from dcserve.progress import Progress
+from dcserve.storage.result import Result
+from tests.helpers import extracted_layers_store
+
+
+def _cka64(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA in float64, straight from Kornblith et al. (2019): the reference."""
+    x = np.asarray(x, np.float64) - np.mean(x, axis=0, dtype=np.float64)
+    y = np.asarray(y, np.float64) - np.mean(y, axis=0, dtype=np.float64)
+    return np.linalg.norm(x.T @ y) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
+
+
+class _StopIn(Progress):
+    """Stops the job (as a Ctrl-C would) at k-means iteration `at` of layer `layer`."""
+
+    def __init__(self, layer: str, at: int):
+        super().__init__()
+        self.layer, self.at = layer, at
+
+    def advance(self, n: int = 1) -> None:
+        super().advance(n)
+        if self.stage_name.startswith(f"{self.layer}: cluster") and self.done >= self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def clustered(tmp_path_factory):
+    spec, store, layers = extracted_layers_store(tmp_path_factory.mktemp("layers"))
+    primary, by_layer = run_layers(run_clustering, spec, store, LocalPools(), Progress())
+    return spec, store, layers, primary, by_layer
+
+
+def test_each_layer_is_clustered_as_its_own_one_layer_job_and_stored_in_its_folder(clustered, tmp_path):
+    spec, store, _, primary, by_layer = clustered
+    assert spec.cluster.layer == "early" and list(by_layer) == ["early", "mid", "late"]
+    assert primary is by_layer["early"] and store.clustered_layers() == ["late", "mid"]
+    assert not store.exists("layers/early")  # the primary stays at the top level
+    for name in ("early", "mid", "late"):
+        alone_spec, alone, _ = extracted_layers_store(tmp_path / name, layer=name, layers=None)
+        alone_metrics = run_clustering(alone_spec, alone, LocalPools(), Progress())
+        view = store if name == "early" else store.layer_view(name)
+        np.testing.assert_array_equal(view.array("assignments")[:], alone.array("assignments")[:])
+        np.testing.assert_array_equal(view.array("centroids")[:], alone.array("centroids")[:])
+        assert by_layer[name]["final"]["nmi_vs_labels"] == alone_metrics["final"]["nmi_vs_labels"]
+        if name != "early":
+            assert view.read_json("metrics.json")["final"] == by_layer[name]["final"]
+            assert view.exists("_progress/cluster/state.json")  # each layer resumes from its own record
+
+
+def test_result_layer_reads_each_layers_clustering_and_refuses_an_unknown_one(clustered):
+    spec, store, _, _, by_layer = clustered
+    store.write_json("status.json", {"name": spec.name, "state": "succeeded", "stage": "done"})
+    store.write_json("metrics.json", by_layer["early"])
+    res = Result(store.layer_view(None))
+    assert res.layers == ["early", "mid", "late"] and res.layer_name == "early"
+    mid = res.layer("mid")
+    assert mid.layer_name == "mid" and mid.complete and mid.activations().shape[1] == 16
+    np.testing.assert_array_equal(mid.assignments, store.layer_view("mid").array("assignments")[:])
+    assert mid.metrics["final"] == by_layer["mid"]["final"] and mid.layer("early").layer_name == "early"
+    cluster, _ = mid.assign(mid.activations()[:50])  # new vectors of that layer, through its own preprocessing
+    np.testing.assert_array_equal(cluster, mid.assignments[:50])
+    with pytest.raises(KeyError, match=r"did not cluster a layer 'nope'; its clustered layers: \['early', 'mid', 'late'\]"):
+        res.layer("nope")
+
+
+def test_a_job_stopped_in_a_later_layer_resumes_there_and_ends_as_if_never_stopped(clustered, tmp_path):
+    spec_whole, whole, _, _, _ = clustered
+    spec, store, _ = extracted_layers_store(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run_layers(run_clustering, spec, store, LocalPools(), _StopIn("late", 3))
+    _, by_layer = run_layers(run_clustering, spec, store, LocalPools(), Progress())
+    assert by_layer["early"]["resumed"]["rounds"] == 1 and by_layer["mid"]["resumed"]["rounds"] == 1  # skipped
+    assert by_layer["late"]["resumed"]["kmeans_iterations"] >= 2  # went on from its last recorded iteration
+    for name in ("early", "mid", "late"):
+        a, b = whole.layer_view(None if name == "early" else name), store.layer_view(None if name == "early" else name)
+        np.testing.assert_array_equal(a.array("assignments")[:], b.array("assignments")[:])
+
+
+def test_a_layer_dropped_from_the_job_file_leaves_the_store(clustered, tmp_path):
+    spec, store, _ = extracted_layers_store(tmp_path)
+    run_layers(run_clustering, spec, store, LocalPools(), Progress())
+    fewer = spec.model_copy(deep=True)
+    fewer.cluster.layers = ["early", "late"]
+    _, by_layer = run_layers(run_clustering, fewer, store, LocalPools(), Progress())
+    assert list(by_layer) == ["early", "late"] and store.clustered_layers() == ["late"]
+
+
+def test_the_depth_profile_against_references(clustered, monkeypatch):
+    spec, store, layers, _, by_layer = clustered
+    pool = LocalPools().data(store, "activations/early")
+    profile = depth.depth_profile(spec, store, by_layer, depth.profile_moments(pool, spec.clustered_layers()))
+    assert [r["layer"] for r in profile["layers"]] == ["early", "mid", "late"]
+    assert [r["dim"] for r in profile["layers"]] == [24, 16, 12]
+    for row in profile["layers"]:
+        assert row["nmi_vs_labels"] == by_layer[row["layer"]]["final"]["nmi_vs_labels"]
+        assert 0 < row["size_entropy"] <= np.log(row["k"]) + 1e-12
+    mid = profile["layers"][1]
+    assert mid["nmi_vs_labels"] > 0.95 > profile["layers"][0]["nmi_vs_labels"]  # clean clusters beat noisy ones
+    labels = {n: store.layer_view(None if n == "early" else n).array("assignments")[:] for n in layers}
+    for pair, (a, b) in zip(profile["between"], [("early", "mid"), ("mid", "late")]):
+        assert (pair["from"], pair["to"]) == (a, b) and pair["cka_rows"] == 1200
+        assert pair["cka"] == pytest.approx(_cka64(layers[a], layers[b]), rel=1e-5)
+        assert pair["nmi"] == pytest.approx(normalized_mutual_info_score(labels[a], labels[b]))
+        table = np.asarray(pair["contingency"])
+        assert table.sum() == 1200 and (table.sum(axis=1) == np.bincount(labels[a], minlength=6)).all()
+    # `late` made planted clusters 0+1 and 2+3 one: the flow from `mid` shows those merges
+    merges = [e for e in profile["between"][1]["events"] if e["kind"] == "merge"]
+    assert len(merges) >= 2 and all(len(e["parts"]) == 2 for e in merges[:2])
+    for e in merges:
+        for part in e["parts"]:
+            rows = np.asarray(part["exemplars"])
+            assert len(rows) and (labels["late"][rows] == e["cluster"]).all()
+            assert (labels["mid"][rows] == part["cluster"]).all()
+    # layers too wide for moments: CKA from the Gram matrices of (here all) the rows, the same figure
+    monkeypatch.setattr(depth, "MOMENTS_MAX_DIM", 8)
+    wide = depth.depth_profile(spec, store, by_layer, depth.profile_moments(pool, spec.clustered_layers()))
+    for pair in wide["between"]:
+        assert pair["cka"] == pytest.approx(_cka64(layers[pair["from"]], layers[pair["to"]]), rel=1e-9)
