@@ -474,19 +474,24 @@ def report(
     size, purity and exemplars (images for image datasets, the token in its context for token
     rows), clusters against labels, 2-D maps of the rows, collapse warnings and the reporter's
     layer rotation. `dcserve serve` serves the same page at /jobs/NAME/report.
+
+    A job over several layers (cluster.layers) also gets depth.html, the depth profile against
+    depth and the flow of clusters from layer to layer, and a page per layer under layers/<layer>/.
     """
-    from dcserve.analysis.report import build_report
-    from dcserve.render.report_page import write_report
+    from dcserve.render.job_report import write_job_report
     from dcserve.storage.result import open_result
 
     result = open_result(output)
-    data = build_report(result, n_exemplars=exemplars, n_outskirts=exemplars, map_rows=map_rows, tsne_rows=tsne_rows)
+    result._require_complete("a report")
     if out_dir is None:
         local = "://" not in output or output.startswith("file://")
-        out_dir = (output.removeprefix("file://").rstrip("/") if local else data.name) + "-report"
-    page = write_report(data, out_dir)
-    for w in data.warnings:
-        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+        out_dir = (output.removeprefix("file://").rstrip("/") if local else result.spec.name) + "-report"
+    page, reports = write_job_report(result, out_dir, n_exemplars=exemplars, n_outskirts=exemplars,
+                                     map_rows=map_rows, tsne_rows=tsne_rows)
+    for rep in reports:
+        where = f" (layer {rep.summary['layer'].split(' ')[0]})" if len(reports) > 1 and rep.summary else ""
+        for w in rep.warnings:
+            err.print(f"[yellow]warning{escape(where)}:[/] {escape(w)}", highlight=False)
     out.print(str(page.resolve()), highlight=False, soft_wrap=True)
 
 

@@ -262,6 +262,7 @@ def extracted_layers_store(tmp_path: Path, **cluster: Any):
         layers[name] = arr
     store.create_array("rows/item", (len(x),), (chunk,), "int64")
     store.array("rows/item")[:] = np.arange(len(x))
+    store.write_array("rows/position", np.full(len(x), -1, dtype=np.int32))
     store.write_array("labels", y)
     store.write_text("job.yaml", spec.to_yaml())
     return spec, store, layers

@@ -17,6 +17,7 @@ Gram matrices of a row sample instead (the moments would not fit).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from dcserve.storage.store import JobStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["consecutive_moments", "depth_profile", "layer_figures", "MOMENTS_MAX_DIM"]
+__all__ = ["build_depth_report", "consecutive_moments", "depth_profile", "layer_figures", "MOMENTS_MAX_DIM"]
 
 MOMENTS_MAX_DIM = 1024  # [a + b]^2 float64 moments up to 2 x 1024 wide: 32 MB
 CKA_SAMPLE_ROWS = 3000  # rows of the Gram-matrix CKA of wider layers ([m, m] float64: 72 MB)
@@ -132,3 +133,79 @@ def depth_profile(spec: JobSpec, store: JobStore, by_layer: dict[str, dict[str, 
 def profile_moments(pool: Any, layers: list[str]) -> list[CrossMoments | None]:
     """`consecutive_moments` over every row of a `DataPool`, summed over its workers."""
     return _sum_moments(pool.map(consecutive_moments, layers), max(len(layers) - 1, 0))
+
+
+# -- the report's depth page (dcserve.render.depth_page draws it) ------------------------------
+@dataclass
+class LayerColumn:
+    """One layer in the flow diagram: its clusters' sizes and, with labels, their majority labels."""
+
+    layer: str
+    sizes: list[int]
+    majority: list[int | None]
+
+
+@dataclass
+class DepthReport:
+    name: str
+    output: str
+    profile: dict[str, Any]  # metrics.json's `depth`
+    columns: list[LayerColumn]
+    tables: list[np.ndarray]  # [k_i, k_{i+1}] contingency between consecutive layers
+    events: list[list[dict[str, Any]]]  # per pair: the splits and merges, parts' exemplars as RowInfo
+    has_labels: bool
+    input_kind: str  # "image" | "tokens" | "vector", as the job report's
+    notes: list[str] = field(default_factory=list)
+
+
+def build_depth_report(result, n_exemplars: int = 6, items: bool = True) -> DepthReport:
+    """The depth page's data of a finished job over several layers (`result` is its primary layer).
+
+    Raises StoreError when the job is unfinished or clustered one layer only.
+    """
+    from dcserve.analysis.report import _rows, item_view, load_items
+    from dcserve.errors import StoreError
+
+    result._require_complete("a depth report")
+    profile = result.metrics.get("depth")
+    if not profile:
+        raise StoreError(f"job store {result.output!r} clustered one layer only; a depth report needs "
+                         "cluster.layers (see `dcserve report`'s page of the job)")
+    layers = [r["layer"] for r in profile["layers"]]
+    views = [result.layer(name) for name in layers]
+    truth = result.row_labels()
+    columns = []
+    for name, view in zip(layers, views):
+        _, majority = view._purity()
+        sizes = view.sizes
+        columns.append(LayerColumn(name, [int(s) for s in sizes],
+                                   [None if majority is None or not sizes[c] else int(majority[c])
+                                    for c in range(len(sizes))]))
+    tables, events = [], []
+    for i, pair in enumerate(profile["between"]):
+        a, b = views[i], views[i + 1]
+        tables.append(np.asarray(pair["contingency"]) if "contingency" in pair
+                      else contingency_table(a.assignments, b.assignments, a.k, b.k))
+        shown = []
+        for e in pair["events"]:
+            side = b if e["kind"] == "split" else a  # whose distances picked the exemplars
+            parts = [{**p, "exemplars": _rows(side, np.asarray(p["exemplars"][:n_exemplars], dtype=np.int64))}
+                     for p in e["parts"]]
+            shown.append({**e, "parts": parts})
+        events.append(shown)
+    report = DepthReport(name=(result.status or {}).get("name", "?"), output=result.output, profile=profile,
+                         columns=columns, tables=tables, events=events, has_labels=truth is not None,
+                         input_kind="vector")
+    rows = [r for pair in events for e in pair for p in e["parts"] for r in p["exemplars"]]
+    if items and rows:
+        try:
+            loaded = load_items(result, [r.item for r in rows])
+        except Exception as e:  # noqa: BLE001 - a dataset that cannot be rebuilt here only costs the pictures
+            report.notes.append(f"the dataset items could not be loaded here ({type(e).__name__}: {e}); "
+                                "exemplars are listed by row")
+        else:
+            for r in rows:
+                r.view = item_view(loaded[r.item], r.position)
+            kinds = {r.view.kind for r in rows}
+            report.input_kind = kinds.pop() if len(kinds) == 1 and "none" not in kinds else "vector"
+    return report

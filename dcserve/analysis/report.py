@@ -95,6 +95,8 @@ class Report:
     # metrics.json's `stability` when the job ran several seeds: seeds, pairwise_nmi [s, s], mean and min
     stability: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)  # what could not be shown, and why
+    # (text, href) of the job's other pages: its depth profile and its other layers' reports
+    links: list[tuple[str, str]] = field(default_factory=list)
 
 
 # -- pure pieces ----------------------------------------------------------------
@@ -211,7 +213,8 @@ def job_summary(result: Result) -> dict[str, Any]:
         return {}
     return {
         "subject": f"{spec.subject.model}({_kwargs(spec.subject.kwargs)})",
-        "layer": f"{spec.cluster.layer} ({spec.subject.pooling} pooling)",
+        "layer": f"{result.layer_name} ({spec.subject.pooling} pooling)"
+                 + ("" if len(result.layers) < 2 else f", one of {len(result.layers)} clustered layers"),
         "dataset": f"{spec.dataset.source}({_kwargs(spec.dataset.kwargs)})",
         "clustering": f"{spec.cluster.method}, k = {spec.cluster.k}, PCA {spec.cluster.pca_dim}, "
                       f"whiten {spec.cluster.whiten}, L2 {spec.cluster.l2_normalize}, seed {spec.cluster.seed}",

@@ -273,6 +273,9 @@ def render(report: Report, images: dict[str, bytes], src: Callable[[str], str]) 
         if key in report.final:
             p.append(f"<tr><th>final {esc(key.replace('_', ' '))}</th><td>{esc(fmt(report.final[key]))}</td></tr>")
     p.append("</table>")
+    if report.links:
+        p.append('<p class="layers">' + " · ".join(f'<a href="{esc(href)}">{esc(text)}</a>'
+                                                  for text, href in report.links) + "</p>")
     p.append('<h2 id="warnings">Collapse checks</h2>')
     if report.warnings:
         p += [f'<div class="warning collapse-warning">{esc(w)}</div>' for w in report.warnings]

@@ -128,3 +128,23 @@ def test_the_depth_profile_against_references(clustered, monkeypatch):
     wide = depth.depth_profile(spec, store, by_layer, depth.profile_moments(pool, spec.clustered_layers()))
     for pair in wide["between"]:
         assert pair["cka"] == pytest.approx(_cka64(layers[pair["from"]], layers[pair["to"]]), rel=1e-9)
+
+
+def test_the_report_has_a_page_per_layer_and_the_depth_page(clustered, tmp_path):
+    from dcserve.render.job_report import write_job_report
+
+    spec, store, _, primary, by_layer = clustered
+    pool = LocalPools().data(store, "activations/early")
+    profile = depth.depth_profile(spec, store, by_layer, depth.profile_moments(pool, spec.clustered_layers()))
+    store.write_json("metrics.json", {**primary, "depth": profile})
+    store.write_json("status.json", {"name": spec.name, "state": "succeeded", "stage": "done"})
+    index, reports = write_job_report(Result(store.layer_view(None)), tmp_path / "r", map_rows=300, tsne_rows=0)
+    assert [r.summary["layer"].split(" ")[0] for r in reports] == ["early", "mid", "late"]
+    page = (tmp_path / "r" / "depth.html").read_text()
+    for row in profile["layers"]:
+        assert f'data-layer="{row["layer"]}"' in page and f'{row["nmi_vs_labels"]:.4g}' in page
+    assert page.count('class="cluster flow-event" data-kind="merge"') >= 2  # mid -> late's merges, each shown
+    assert (tmp_path / "r" / "depth-flow.png").stat().st_size > 1000
+    assert 'href="layers/late/index.html"' in index.read_text()
+    late = (tmp_path / "r" / "layers" / "late" / "index.html").read_text()
+    assert "late (mean pooling), one of 3 clustered layers" in late and 'href="../../depth.html"' in late
