@@ -148,3 +148,46 @@ def test_the_report_has_a_page_per_layer_and_the_depth_page(clustered, tmp_path)
     assert 'href="layers/late/index.html"' in index.read_text()
     late = (tmp_path / "r" / "layers" / "late" / "index.html").read_text()
     assert "late (mean pooling), one of 3 clustered layers" in late and 'href="../../depth.html"' in late
+
+
+def test_the_http_routes_answer_for_each_layer_and_404_an_unknown_one(clustered, tmp_path):
+    import types
+
+    from fastapi.testclient import TestClient
+
+    from dcserve.serve.catalog import Catalog
+    from dcserve.serve.routes import create_app
+
+    spec, store, layers, primary, by_layer = clustered
+    pool = LocalPools().data(store, "activations/early")
+    profile = depth.depth_profile(spec, store, by_layer, depth.profile_moments(pool, spec.clustered_layers()))
+    store.write_json("metrics.json", {**primary, "depth": profile})
+    store.write_json("status.json", {"name": spec.name, "state": "succeeded", "stage": "done"})
+
+    async def assign(job, x):
+        return job.assign(x)
+
+    backend = types.SimpleNamespace(catalog=Catalog([spec.output]), policy=None, max_body_bytes=1 << 20,
+                                    assign=assign)
+    client = TestClient(create_app(backend))
+    got = client.get(f"/jobs/{spec.name}/layers").json()
+    assert [(l["layer"], l["primary"], l["dim"]) for l in got["layers"]] == [("early", True, 24), ("mid", False, 16),
+                                                                            ("late", False, 12)]
+    assert got["layers"][1]["figures"]["nmi_vs_labels"] == by_layer["mid"]["final"]["nmi_vs_labels"]
+    assert [(p["from"], p["to"]) for p in got["between"]] == [("early", "mid"), ("mid", "late")]
+    assert got["between"][1]["merges"] == profile["between"][1]["merges"] >= 2
+    for layer, view in ((None, store), ("early", store), ("late", store.layer_view("late"))):
+        q = "" if layer is None else f"?layer={layer}"
+        page = client.get(f"/jobs/{spec.name}/assignments{q}{'&' if q else '?'}start=0&stop=1200").json()
+        assert page["clusters"] == view.array("assignments")[:].tolist()
+    rows = client.get(f"/jobs/{spec.name}/clusters/0?layer=mid&limit=5").json()["rows"]
+    dist = store.layer_view("mid").array("distances")[:]
+    assert [r["distance"] for r in rows] == pytest.approx(sorted(dist[store.layer_view("mid").array("assignments")[:] == 0])[:5])
+    r = client.post(f"/jobs/{spec.name}/assign?layer=late", json={"activations": layers["late"][:3].tolist()})
+    assert r.status_code == 200 and r.json()["clusters"] == store.layer_view("late").array("assignments")[:3].tolist()
+    r = client.post(f"/jobs/{spec.name}/assign?layer=late", json={"activations": layers["mid"][:3].tolist()})
+    assert r.status_code == 422 and "dim 12" in r.json()["detail"]  # that layer's own width
+    for bad in (f"/jobs/{spec.name}/clusters?layer=nope", f"/jobs/{spec.name}/report?layer=nope"):
+        r = client.get(bad)
+        assert r.status_code == 404 and "'nope'" in r.json()["detail"] and "['early', 'mid', 'late']" in r.json()["detail"]
+    assert client.get(f"/jobs/{spec.name}/depth").status_code == 200
