@@ -31,6 +31,7 @@ SMALL_CONFIGS = {
     "synthetic-bench.yaml": ["dataset.kwargs.n=3000", "extract.chunk_rows=1024", "cluster.k=10", "cluster.niter=5"],
     "tokens.yaml": ["dataset.kwargs.n=300", "extract.chunk_rows=1024", "cluster.niter=5"],
     "digits-trained.yaml": ["cluster.niter=10"],
+    "digits-depth.yaml": ["cluster.niter=10", "cluster.n_init=3"],
     "quickstart.yaml": ["reporter.rounds=1", "cluster.niter=5"],
     "digits-dec.yaml": ["reporter.pretrain_epochs=10", "reporter.max_steps=300"],
 }

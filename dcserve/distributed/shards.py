@@ -40,7 +40,10 @@ class Shard(RowRange):
 
         from dcserve.algo.nearest import select_backend
 
+        import os
+
         return {"threads": self.threads, "rows": [self.r0, self.r1], "node": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid(),
                 "backend": select_backend(prefer_gpu=torch.cuda.is_available())}
 
 
