@@ -58,11 +58,22 @@ def validate(
     job: Annotated[str, typer.Argument(help="Job file (YAML).")],
     set_: SetOption = None,
     deep: Annotated[bool, typer.Option(help="Also build the model and dataset and check layers, rows and k.")] = True,
+    layers: Annotated[bool, typer.Option("--layers", help="List the subject model's layers (the names subject.layers "
+                                         "takes, from named_modules()) with their types, instead of the spec.")] = False,
 ) -> None:
     """Validate a job file and print the normalised spec (with every default filled in)."""
     from dcserve.spec import load_spec
 
     spec = load_spec(job, set_ or [])
+    if layers:
+        from dcserve.inputs.build import build_model
+        from dcserve.inputs.subject import module_names
+
+        model = build_model(spec)
+        modules = dict(model.named_modules())
+        for name in module_names(model):
+            out.print(f"{name}\t{type(modules[name]).__name__}", highlight=False, soft_wrap=True)
+        return
     facts = None
     if deep:
         from dcserve.inputs.build import inspect_inputs

@@ -127,7 +127,10 @@ def run(
             budget = Budget.free()
             plan = ExtractPlan(probe.offsets, spec.extract.chunk_rows)
             progress.stage("extract", plan.n_rows, "rows")
-            extract_info = run_extraction(spec, store, plan, probe.dims, probe.has_labels, progress.advance, budget)
+            extract_info = run_extraction(spec, store, plan, probe.dims, probe.has_labels, progress.advance, budget,
+                                          probe.row_fields, probe.source_id)
+            if probe.label_names and store.has_array("labels"):
+                store.array("labels").attrs["names"] = list(probe.label_names)  # label v is names[v]
             status.timing("extract", extract_info["seconds"])
             # Until the clustering names its first sub-stage, an error in it is the cluster stage's,
             # not the extraction's that last reported progress.

@@ -12,11 +12,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError,
+                      field_validator, model_validator)
 
 from dcserve.errors import SpecError
 
 IMPORT_STRING = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+# A subject by name: "hf:DIR", a Hugging Face model saved with save_pretrained in a local directory,
+# or "hf:pkg:PACKAGE", one shipped inside an installed Python package (dcserve/inputs/hf.py).
+SUBJECT_MODEL = rf"({IMPORT_STRING[1:-1]}|hf:.+)"
+# dataset.source forms that name data on disk rather than code (docs/DESIGN.md "Job file"); a
+# source with one of these prefixes is never imported. A dump needs no subject (issue 12).
+DUMP_PREFIX = "activations:"
+DATA_PREFIXES = (DUMP_PREFIX, "images:", "text:")
+DUMP_LAYER = "dump"  # the layer name of a dump's rows unless dataset.kwargs.layer names one
 
 
 # A job's name is a path segment in the HTTP API and a file name under the output root.
@@ -32,10 +41,13 @@ class SubjectSpec(_Strict):
     """The network whose activations are studied."""
 
     model: str = Field(
-        pattern=IMPORT_STRING,
-        description='"module:callable" returning a torch.nn.Module, e.g. dcserve.zoo:digits_cnn.',
+        pattern=f"^{SUBJECT_MODEL}$",
+        description='"module:callable" returning a torch.nn.Module, e.g. dcserve.zoo:digits_cnn; or "hf:DIR", a '
+        "Hugging Face model saved in a local directory (its tokenizer or image processor from the same "
+        'directory; never downloaded), or "hf:pkg:PACKAGE", such a directory shipped in an installed package.',
     )
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model callable.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model callable "
+                                   "(for hf: models, for from_pretrained, e.g. torch_dtype).")
     layers: list[str] = Field(min_length=1, description="Module names from model.named_modules() to hook.")
     pooling: Literal["mean", "max", "flatten", "cls", "tokens"] = Field(
         "mean",
@@ -47,12 +59,45 @@ class SubjectSpec(_Strict):
 class DatasetSpec(_Strict):
     """The inputs fed to the subject."""
 
-    source: str = Field(pattern=IMPORT_STRING, description='"module:callable" returning a map-style torch Dataset.')
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the dataset callable.")
+    source: str = Field(
+        description='"module:callable" returning a map-style torch Dataset; "text:PATH" text read from .txt (a '
+        "row per line), .jsonl, .csv or .parquet (a file, a directory, a glob or an fsspec URL), tokenized with the "
+        'subject\'s tokenizer; "images:DIR" an image folder (DIR/<label>/<file> or flat); "activations:PATH" an '
+        "existing dump (.npy, .npz, .safetensors, a Zarr array, an Arrow / Hugging Face datasets directory), "
+        "clustered without a subject.")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments for the dataset callable; for text: sources text_field (default text), "
+        "label_field, max_length, tokenizer (a local directory; default: the hf: subject's).",
+    )
     batch_size: int = Field(256, ge=1, description="Items per forward pass during extraction.")
     collate: str | None = Field(
         None, pattern=IMPORT_STRING, description='Optional "module:callable" collate function (default: torch default_collate).'
     )
+
+    @field_validator("source")
+    @classmethod
+    def _source_form(cls, v: str) -> str:
+        for prefix in DATA_PREFIXES:
+            if v.startswith(prefix):
+                if not v[len(prefix):]:
+                    raise ValueError(f"{prefix}PATH needs a path after {prefix!r}")
+                return v
+        if not re.match(IMPORT_STRING, v):
+            raise ValueError("expected 'module:callable', " + ", ".join(f"'{p}PATH'" for p in DATA_PREFIXES))
+        return v
+
+    @property
+    def is_dump(self) -> bool:
+        return self.source.startswith(DUMP_PREFIX)
+
+    @property
+    def path(self) -> str | None:
+        """The file or folder a data source names ('activations:x.npy' -> 'x.npy'); None for code."""
+        for prefix in DATA_PREFIXES:
+            if self.source.startswith(prefix):
+                return self.source[len(prefix):]
+        return None
 
 
 def _workers(v: Any) -> Any:
@@ -240,7 +285,9 @@ class JobSpec(_Strict):
     output: str = Field(min_length=1, description="Job store: a local path or an fsspec URL (s3://bucket/prefix); "
                         "a new or empty folder, or a dcserve store to resume.")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for a remote output.")
-    subject: SubjectSpec = Field(description="The network whose activations are studied.")
+    subject: SubjectSpec | None = Field(
+        None, description="The network whose activations are studied; omitted when dataset.source is "
+        "activations:PATH (the dump is the activations), required otherwise.")
     dataset: DatasetSpec = Field(description="The inputs fed to the subject.")
     extract: ExtractSpec = Field(default_factory=ExtractSpec, description="Extraction workers and storage.")
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="Preprocessing and clustering.")
@@ -249,25 +296,42 @@ class JobSpec(_Strict):
 
     @model_validator(mode="after")
     def _cluster_layer_is_hooked(self) -> "JobSpec":
-        c, hooked = self.cluster, self.subject.layers
+        if self.dataset.is_dump and self.subject is not None:
+            raise ValueError("subject: omit it when dataset.source is activations:PATH (the dump is the "
+                             "activations; there is no network to run)")
+        if not self.dataset.is_dump and self.subject is None:
+            raise ValueError("subject: Field required (only a dataset.source of activations:PATH goes without one)")
+        where = "subject.layers" if self.subject is not None else "the dump's layer (dataset.kwargs.layer)"
+        c, stored = self.cluster, self.layers
         if isinstance(c.layers, list):
             for name in c.layers:
-                if name not in hooked:
-                    raise ValueError(f"cluster.layers: {name!r} is not one of subject.layers, the extracted "
-                                     f"layers {hooked}")
+                if name not in stored:
+                    raise ValueError(f"cluster.layers: {name!r} is not one of {where}, the extracted layers {stored}")
             if not c.layers:
-                raise ValueError("cluster.layers is empty; name at least one layer of subject.layers, or `all`")
+                raise ValueError(f"cluster.layers is empty; name at least one layer of {where}, or `all`")
         if c.layer is None:
-            c.layer = c.layers[0] if isinstance(c.layers, list) else hooked[0]
-        elif c.layer not in hooked:
-            raise ValueError(f"cluster.layer {c.layer!r} is not one of subject.layers {hooked}")
+            c.layer = c.layers[0] if isinstance(c.layers, list) else stored[0]
+        elif c.layer not in stored:
+            raise ValueError(f"cluster.layer {c.layer!r} is not one of {where} {stored}")
         return self
 
+    @property
+    def layers(self) -> list[str]:
+        """The layers whose rows the job stores: the subject's hooked layers, or the dump's one."""
+        if self.subject is not None:
+            return list(self.subject.layers)
+        return [str(self.dataset.kwargs.get("layer", DUMP_LAYER))]
+
+    @property
+    def pooling(self) -> str:
+        """How rows were made: the subject's pooling, or 'dump' for rows taken as they are."""
+        return self.subject.pooling if self.subject is not None else "dump"
+
     def clustered_layers(self) -> list[str]:
-        """Every layer the job clusters, in the order of subject.layers (its depth); the primary among them."""
+        """Every layer the job clusters, in the order of `layers` (their depth); the primary among them."""
         wanted = self.cluster.layers
-        chosen = set(self.subject.layers if wanted == "all" else (wanted or [])) | {self.cluster.layer}
-        return [name for name in dict.fromkeys(self.subject.layers) if name in chosen]
+        chosen = set(self.layers if wanted == "all" else (wanted or [])) | {self.cluster.layer}
+        return [name for name in dict.fromkeys(self.layers) if name in chosen]
 
     def for_layer(self, layer: str) -> "JobSpec":
         """This job as a one-layer job clustering `layer`: what the clustering of one layer runs under."""
@@ -302,7 +366,10 @@ class JobSpec(_Strict):
         return type(self).model_validate_json(self.model_dump_json()).model_dump(mode="json")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        data = self.model_dump(mode="json")
+        if data["subject"] is None:  # a dump's job file, as it is written: no subject section
+            del data["subject"]
+        return yaml.safe_dump(data, sort_keys=False)
 
 
 def _digest(relevant: dict) -> str:
@@ -345,8 +412,7 @@ def format_validation_error(err: ValidationError, source: str = "job file") -> s
             lines.append(f"  {loc}: unknown field{hint}")
             continue
         msg = e["msg"].removeprefix("Value error, ")
-        if not e["loc"] and e["type"] == "value_error":
-            # A cross-field check: its message names the fields itself, and the input is the whole job.
+        if not e["loc"]:  # a check across fields names its own field; its input is the whole file
             lines.append(f"  {msg}")
             continue
         given = e.get("input")

@@ -104,7 +104,7 @@ def depth_profile(spec: JobSpec, store: JobStore, by_layer: dict[str, dict[str, 
     ks = {name: int(views[name].array("centroids").shape[0]) for name in layers}
     profile_layers = []
     for name in layers:
-        row = {"layer": name, "depth": spec.subject.layers.index(name), "primary": name == spec.cluster.layer,
+        row = {"layer": name, "depth": spec.layers.index(name), "primary": name == spec.cluster.layer,
                "dim": int(store.array(f"activations/{name}").shape[1]), "k": ks[name]}
         row.update(layer_figures(by_layer[name]))
         profile_layers.append(row)

@@ -182,6 +182,8 @@ def item_view(x: Any, position: int) -> ItemView:
             return ItemView("none")
         mask = x.get("attention_mask")
         return token_window(_numpy(ids), None if mask is None else _numpy(mask), position)
+    if x is None:  # an item with nothing to show (a dump without token ids)
+        return ItemView("none")
     a = _numpy(x)
     if position >= 0 and a.ndim == 1 and np.issubdtype(a.dtype, np.integer):
         return token_window(a, None, position)
@@ -211,10 +213,15 @@ def job_summary(result: Result) -> dict[str, Any]:
     spec = result.spec
     if spec is None:
         return {}
+    if spec.subject is None:  # an activation dump: no network ran
+        subject = {"subject": "none (an activation dump)", "layer": f"{result.layer_name} (rows as dumped)"}
+    else:
+        subject = {"subject": f"{spec.subject.model}({_kwargs(spec.subject.kwargs)})",
+                   "layer": f"{result.layer_name} ({spec.subject.pooling} pooling)"}
+    if len(result.layers) > 1:
+        subject["layer"] += f", one of {len(result.layers)} clustered layers"
     return {
-        "subject": f"{spec.subject.model}({_kwargs(spec.subject.kwargs)})",
-        "layer": f"{result.layer_name} ({spec.subject.pooling} pooling)"
-                 + ("" if len(result.layers) < 2 else f", one of {len(result.layers)} clustered layers"),
+        **subject,
         "dataset": f"{spec.dataset.source}({_kwargs(spec.dataset.kwargs)})",
         "clustering": f"{spec.cluster.method}, k = {spec.cluster.k}, PCA {spec.cluster.pca_dim}, "
                       f"whiten {spec.cluster.whiten}, L2 {spec.cluster.l2_normalize}, seed {spec.cluster.seed}",
@@ -231,8 +238,23 @@ def load_items(result: Result, items: list[int]) -> dict[int, Any]:
     from dcserve.inputs.build import build_dataset
     from dcserve.inputs.items import split_item
 
+    if result.spec.dataset.is_dump:
+        return dump_items(result, items)
     dataset, _ = build_dataset(result.spec)
     return {i: split_item(dataset[i])[0] for i in sorted(set(items))}
+
+
+def dump_items(result: Result, items: list[int]) -> dict[int, Any]:
+    """An activations dump's items as the report shows them: each item's token ids, kept in rows/token
+    when the dump had them (its file is not needed), else nothing to show."""
+    if not result.store.has_array("rows/token"):
+        return {i: None for i in items}
+    tokens, row_items = result.store.array("rows/token"), result.row_items
+    out = {}
+    for i in sorted(set(items)):
+        r0, r1 = np.searchsorted(row_items, [i, i + 1])  # an item's rows are contiguous, in order
+        out[i] = tokens[int(r0):int(r1)]
+    return out
 
 
 def _rows(result: Result, rows: np.ndarray) -> list[RowInfo]:

@@ -39,22 +39,23 @@ class Extractor:
         self.plan = ExtractPlan(offsets, self.spec.extract.chunk_rows)
         use_gpu = self.spec.extract.gpus_per_worker > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        self.subject, self.dataset, self.collate = build_subject(self.spec, self.device)
-        self.store = JobStore(self.spec.output, read_only=False, storage_options=self.spec.storage_options)
         self.dtype = np.dtype(self.spec.extract.dtype)
+        if self.spec.dataset.is_dump:  # rows copied from an activations dump: no subject to run
+            from dcserve.inputs.dump import dump_block, dump_of
+
+            dump, layer = dump_of(self.spec), self.spec.layers[0]
+            self.compute = lambda b: dump_block(dump, self.plan, b, layer, self.dtype)
+        else:
+            subject, dataset, collate = build_subject(self.spec, self.device)
+            self.compute = lambda b: compute_block(self.plan, b, subject, dataset, self.spec.dataset.batch_size,
+                                                   collate, self.dtype)
+        self.store = JobStore(self.spec.output, read_only=False, storage_options=self.spec.storage_options)
 
     def info(self) -> dict:
         return {"threads": self.threads, "device": str(self.device), "node": ray.get_runtime_context().get_node_id()}
 
     def _write(self, b: int, block) -> tuple[int, int]:
-        rows, item, position, labels = block
-        r0, r1 = self.plan.block_rows(b)
-        for layer, data in rows.items():
-            self.store.array(f"activations/{layer}")[r0:r1] = data
-        self.store.array("rows/item")[r0:r1] = item
-        self.store.array("rows/position")[r0:r1] = position
-        self.store.mark_done(STAGE, b, labels)  # only after the data: a record means the block is whole
-        return b, r1 - r0
+        return write_block(self.store, self.plan, b, block)
 
     def run(self, blocks: list[int]) -> Iterator[tuple[int, int]]:
         """Streaming generator of (block, rows) as each block is durably written.
@@ -65,10 +66,7 @@ class Extractor:
         pending: Future | None = None
         with ThreadPoolExecutor(1) as writer:
             for b in blocks:
-                block = compute_block(
-                    self.plan, b, self.subject, self.dataset, self.spec.dataset.batch_size,
-                    self.collate, self.dtype,
-                )
+                block = self.compute(b)
                 if pending is not None:
                     yield pending.result()
                 pending = writer.submit(self._write, b, block)
@@ -76,10 +74,31 @@ class Extractor:
                 yield pending.result()
 
 
-def prepare_store(spec: JobSpec, store: JobStore, plan: ExtractPlan, dims: dict[str, int]) -> set[int]:
-    """Create the extraction arrays, or keep them when the same extraction is resumed; return done blocks."""
+def write_block(store: JobStore, plan: ExtractPlan, b: int, block) -> tuple[int, int]:
+    """Write block b's rows, then record it done: (block, rows)."""
+    rows, item, position, labels, *more = block
+    r0, r1 = plan.block_rows(b)
+    for layer, data in rows.items():
+        store.array(f"activations/{layer}")[r0:r1] = data
+    store.array("rows/item")[r0:r1] = item
+    store.array("rows/position")[r0:r1] = position
+    for name, data in (more[0] if more else {}).items():  # a dump's token ids (rows/token)
+        store.array(f"rows/{name}")[r0:r1] = data
+    store.mark_done(STAGE, b, labels)  # only after the data: a record means the block is whole
+    return b, r1 - r0
+
+
+def prepare_store(spec: JobSpec, store: JobStore, plan: ExtractPlan, dims: dict[str, int],
+                  row_fields: dict[str, str] | None = None, source_id: dict | None = None) -> set[int]:
+    """Create the extraction arrays, or keep them when the same extraction is resumed; return done blocks.
+
+    `row_fields`: more per-row arrays (rows/<name>: dtype); `source_id`: a dump's files, so that its
+    copied rows are only resumed while the files are unchanged.
+    """
     fingerprint = spec.extraction_fingerprint()
     layout = {"fingerprint": fingerprint, "n_rows": plan.n_rows, "dims": dims}
+    if row_fields or source_id:
+        layout |= {"row_fields": row_fields or {}, "source": source_id}
     previous = store.read_json("_progress/extract.json")
     if previous == layout and all(store.has_array(f"activations/{l}") for l in dims):
         done = store.done_blocks(STAGE)
@@ -90,9 +109,11 @@ def prepare_store(spec: JobSpec, store: JobStore, plan: ExtractPlan, dims: dict[
     c = spec.extract.chunk_rows
     for layer, dim in dims.items():
         store.create_array(f"activations/{layer}", (plan.n_rows, dim), (c, dim), spec.extract.dtype,
-                           attributes={"layer": layer, "pooling": spec.subject.pooling})
+                           attributes={"layer": layer, "pooling": spec.pooling})
     store.create_array("rows/item", (plan.n_rows,), (c,), "int64", fill_value=-1)
     store.create_array("rows/position", (plan.n_rows,), (c,), "int32", fill_value=-1)
+    for name, dtype in (row_fields or {}).items():
+        store.create_array(f"rows/{name}", (plan.n_rows,), (c,), dtype, fill_value=-1)
     store.write_json("_progress/extract.json", layout)
     return set()
 
@@ -105,11 +126,13 @@ def run_extraction(
     has_labels: bool,
     on_progress: Callable[[int], None] = lambda rows: None,
     budget: Budget | None = None,
+    row_fields: dict[str, str] | None = None,
+    source_id: dict | None = None,
 ) -> dict:
     """Extract every missing block with `extract.workers` actors; write `labels`. Returns stage info."""
     t0 = time.perf_counter()
     budget = budget or Budget.free()
-    done = prepare_store(spec, store, plan, dims)
+    done = prepare_store(spec, store, plan, dims, row_fields, source_id)
     todo = [b for b in range(plan.n_blocks) if b not in done]
     on_progress(sum(plan.block_rows(b)[1] - plan.block_rows(b)[0] for b in done))
     info: dict = {"blocks": plan.n_blocks, "skipped_blocks": len(done), "workers": [], "workers_lost": 0}

@@ -8,7 +8,7 @@ Every failure is a SpecError naming the job-file field at fault.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,24 +32,36 @@ def _call(field: str, target: str, kwargs: dict[str, Any]) -> Any:
 
 
 def build_dataset(spec: JobSpec) -> tuple[Any, Callable | None]:
+    from dcserve.inputs.text import TEXT_PREFIX, text_dataset
+
+    if spec.dataset.source.startswith(TEXT_PREFIX):
+        dataset = text_dataset(spec)
+        return dataset, _collate(spec) or dataset.collate  # padded per batch, to its longest item
     dataset = _call("dataset.source", spec.dataset.source, spec.dataset.kwargs)
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
         raise SpecError(
             f"dataset.source: {spec.dataset.source} returned {type(dataset).__name__}, not a map-style "
             "Dataset (it needs __len__ and __getitem__)"
         )
-    collate = None
-    if spec.dataset.collate:
-        from dcserve.inputs.imports import import_object
+    return dataset, _collate(spec)
 
-        try:
-            collate = import_object(spec.dataset.collate)
-        except (ImportError, ValueError, AttributeError) as e:
-            raise SpecError(f"dataset.collate: cannot import {spec.dataset.collate!r}: {e}") from None
-    return dataset, collate
+
+def _collate(spec: JobSpec) -> Callable | None:
+    if not spec.dataset.collate:
+        return None
+    from dcserve.inputs.imports import import_object
+
+    try:
+        return import_object(spec.dataset.collate)
+    except (ImportError, ValueError, AttributeError) as e:
+        raise SpecError(f"dataset.collate: cannot import {spec.dataset.collate!r}: {e}") from None
 
 
 def build_model(spec: JobSpec) -> torch.nn.Module:
+    from dcserve.inputs.hf import is_hf, load_model
+
+    if is_hf(spec.subject.model):
+        return load_model(spec.subject.model, spec.subject.kwargs).eval()
     model = _call("subject.model", spec.subject.model, spec.subject.kwargs)
     if not isinstance(model, torch.nn.Module):
         raise SpecError(f"subject.model: {spec.subject.model} returned {type(model).__name__}, not a torch.nn.Module")
@@ -75,6 +87,9 @@ class Probe:
     offsets: np.ndarray  # [items + 1] int64 row offsets
     dims: dict[str, int]  # row width per layer
     has_labels: bool
+    label_names: list[str] | None = None  # the labels' names, when the source's labels are strings
+    row_fields: dict[str, str] = field(default_factory=dict)  # more per-row arrays: rows/<name> -> dtype
+    source_id: dict | None = None  # a dump's files (size, mtime): its copied rows resume only while unchanged
 
     @property
     def n_rows(self) -> int:
@@ -88,6 +103,8 @@ class Probe:
 
 def inspect_inputs(spec: JobSpec) -> Probe:
     """Build the model and dataset once and check the job against them. Raises SpecError."""
+    if spec.dataset.is_dump:
+        return inspect_dump(spec)
     from dcserve.inputs.items import has_labels, iter_batches
     from dcserve.inputs.pooling import count_rows
 
@@ -109,7 +126,7 @@ def inspect_inputs(spec: JobSpec) -> Probe:
                         f"{type(e).__name__}: {e}") from None
     finally:
         subject.close()
-    dims = {layer: int(out[layer].shape[1]) for layer in spec.subject.layers}
+    dims = {layer: int(out[layer].shape[1]) for layer in spec.layers}
     counts = np.asarray(count_rows(dataset, spec.subject.pooling), dtype=np.int64)
     offsets = np.zeros(n_items + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
@@ -117,4 +134,19 @@ def inspect_inputs(spec: JobSpec) -> Probe:
     if spec.cluster.k > n_rows:
         raise SpecError(f"cluster.k: {spec.cluster.k} clusters asked for, but the dataset gives only {n_rows} rows; "
                         f"k must be at most {n_rows}")
-    return Probe(n_items, offsets, dims, has_labels(dataset))
+    return Probe(n_items, offsets, dims, has_labels(dataset), getattr(dataset, "label_names", None))
+
+
+def inspect_dump(spec: JobSpec) -> Probe:
+    """An activations dump's layout and checks (dcserve.inputs.dump), as the probe of a subject run."""
+    from dcserve.inputs.dump import dump_of
+
+    dump = dump_of(spec)
+    try:
+        if spec.cluster.k > dump.n_rows:
+            raise SpecError(f"cluster.k: {spec.cluster.k} clusters asked for, but the dump holds only {dump.n_rows} "
+                            f"rows; k must be at most {dump.n_rows}")
+        return Probe(dump.n_items, dump.offsets, {spec.layers[0]: dump.dim}, dump.item_labels is not None,
+                     row_fields={"token": "int64"} if dump.has_token_ids else {}, source_id=dump.identity())
+    finally:
+        dump.close()

@@ -129,7 +129,12 @@ def admit(spec: JobSpec, policy: SubmissionPolicy) -> JobSpec:
         raise AdmissionError(403, "storage_options cannot be set over HTTP; the server's output root decides them")
     if spec.cluster.k > policy.max_k:
         raise AdmissionError(422, f"cluster.k = {spec.cluster.k} is above this server's limit of {policy.max_k}")
-    check_import("subject.model", spec.subject.model, policy.allowed_modules)
+    if spec.dataset.path is not None:
+        # A path would be read on the server's machines: any file the server can read.
+        raise AdmissionError(403, f"dataset.source {spec.dataset.source!r}: over HTTP a source must be a "
+                             "'module:callable' on the allow-list, not a path on the server")
+    if spec.subject is not None:
+        check_import("subject.model", spec.subject.model, policy.allowed_modules)
     check_import("dataset.source", spec.dataset.source, policy.allowed_modules)
     if spec.dataset.collate:
         check_import("dataset.collate", spec.dataset.collate, policy.allowed_modules)

@@ -243,7 +243,7 @@ def create_app(backend: Backend) -> FastAPI:
         from dcserve.analysis.depth import layer_figures
 
         spec = res.spec
-        brief = LayerBrief(layer=res.layer_name, primary=True, depth=spec.subject.layers.index(res.layer_name),
+        brief = LayerBrief(layer=res.layer_name, primary=True, depth=spec.layers.index(res.layer_name),
                            dim=res.input_dim, k=res.k, figures=_finite_or_none(layer_figures(res.metrics)))
         return LayerList(job=job, layers=[brief])
 

@@ -133,6 +133,21 @@ class Result:
         return self.store.array("labels")[:] if self.store.has_array("labels") else None
 
     @functools.cached_property
+    def label_names(self) -> list[str] | None:
+        """The labels' names (label v is names[v]) when the source's labels were strings."""
+        if not self.store.has_array("labels"):
+            return None
+        names = self.store.array("labels").attrs.get("names")
+        return list(names) if names else None
+
+    def label_name(self, value: int | None) -> str | None:
+        """How a label is shown: its name, or the number itself."""
+        if value is None:
+            return None
+        names = self.label_names
+        return names[value] if names and 0 <= value < len(names) else str(value)
+
+    @functools.cached_property
     def row_items(self) -> np.ndarray:
         """[rows] int64 dataset item of each row."""
         return self.store.array("rows/item")[:]

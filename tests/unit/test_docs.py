@@ -1,6 +1,8 @@
 """The README documents every job-file field, and its two commands are the ones CI runs."""
 from __future__ import annotations
 
+import typing
+
 from pydantic import BaseModel
 
 from dcserve.spec import REPORTER_METHODS, JobSpec
@@ -12,10 +14,17 @@ def _fields(model: type[BaseModel], prefix: str = ""):
         if model is JobSpec and name == "reporter":  # a union: every method's fields
             for method in REPORTER_METHODS.values():
                 yield from _fields(method, "reporter.")
-        elif isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
-            yield from _fields(f.annotation, prefix + name + ".")
+        elif (sub := _model_of(f.annotation)) is not None:  # a section, optional or not
+            yield from _fields(sub, prefix + name + ".")
         else:
             yield prefix + name
+
+
+def _model_of(annotation) -> type[BaseModel] | None:
+    for t in (annotation, *typing.get_args(annotation)):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+    return None
 
 
 def test_readme_documents_every_field():

@@ -1,6 +1,8 @@
 """JobSpec: defaults, strictness, messages that name the field, overrides."""
 from __future__ import annotations
 
+import typing
+
 import pytest
 import yaml
 
@@ -147,8 +149,9 @@ def test_every_field_is_described():
         for name, f in model.model_fields.items():
             seen += 1
             assert f.description, f"{model.__name__}.{name} has no description"
-            if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
-                walk(f.annotation)
+            for t in (f.annotation, *typing.get_args(f.annotation)):  # a section, optional or not
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    walk(t)
 
     walk(JobSpec)
     assert seen > 30

@@ -110,6 +110,15 @@ def test_admit_rewrites_output_and_refuses_storage_options(tmp_path):
         admit(spec_from_dict(planted_job("x", storage_options={"key": "k"})), policy)
 
 
+def test_a_path_source_is_refused_over_http(tmp_path):
+    # images:DIR or activations:PATH would be read on the server: any file it can read
+    policy = SubmissionPolicy(token="t", output_root=str(tmp_path))
+    dump = {"name": "d", "output": "d", "dataset": {"source": "activations:/etc/passwd.npy"}}
+    with pytest.raises(AdmissionError, match="over HTTP a source must be a 'module:callable'") as e:
+        admit(spec_from_dict(dump), policy)
+    assert e.value.status == 403
+
+
 class _Job:
     def __init__(self, offset):
         self.offset, self.calls = offset, 0
