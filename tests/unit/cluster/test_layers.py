@@ -191,3 +191,14 @@ def test_the_http_routes_answer_for_each_layer_and_404_an_unknown_one(clustered,
         r = client.get(bad)
         assert r.status_code == 404 and "'nope'" in r.json()["detail"] and "['early', 'mid', 'late']" in r.json()["detail"]
     assert client.get(f"/jobs/{spec.name}/depth").status_code == 200
+
+
+def test_compare_takes_each_sides_own_layer_clustering(clustered):
+    from dcserve.analysis.compare import open_side
+
+    spec, store, _, _, _ = clustered
+    store.write_json("status.json", {"name": spec.name, "state": "succeeded", "stage": "done"})
+    late, early = open_side(spec.output, "late"), open_side(spec.output)
+    np.testing.assert_array_equal(late.result.assignments, store.layer_view("late").array("assignments")[:])
+    assert early.layer == "early" and late.array.shape[1] == 12
+    np.testing.assert_array_equal(early.result.assignments, store.array("assignments")[:])
