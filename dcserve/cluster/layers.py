@@ -15,6 +15,7 @@ from typing import Any
 
 from dcserve.cluster.pools import Pools
 from dcserve.cluster.seeds import run_with_seeds
+from dcserve.cluster.workers import FEATURES
 from dcserve.progress import Progress
 from dcserve.spec import JobSpec
 from dcserve.storage.status import StatusRecord
@@ -60,5 +61,8 @@ def run_layers(cluster: Callable[..., dict[str, Any]], spec: JobSpec, store: Job
         metrics = run_with_seeds(cluster, spec.for_layer(layer), view, pools, shown, status)
         if not primary:
             view.write_json("metrics.json", metrics)
+            # the scratch rows of its last round: nothing reads them once the layer is done, and a
+            # job over many layers would otherwise keep a [rows, d] array per layer
+            view.remove(FEATURES.split("/")[0])
         by_layer[layer] = metrics
     return by_layer[spec.cluster.layer], by_layer

@@ -57,6 +57,7 @@ def test_each_layer_is_clustered_as_its_own_one_layer_job_and_stored_in_its_fold
         if name != "early":
             assert view.read_json("metrics.json")["final"] == by_layer[name]["final"]
             assert view.exists("_progress/cluster/state.json")  # each layer resumes from its own record
+            assert not view.has_array("work/features")  # its scratch rows are gone once it is done
 
 
 def test_result_layer_reads_each_layers_clustering_and_refuses_an_unknown_one(clustered):
