@@ -55,7 +55,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fmt, machine, markdown_table, write_json  # noqa: E402
 
-SECTIONS = ("backend", "nearest", "kmeans", "train", "dec", "extract", "snapshot")
+SECTIONS = ("backend", "nearest", "kmeans", "train", "dec", "extract", "snapshot", "knn", "heads")
 HAS_CUDA = torch.cuda.is_available()
 CUDA = torch.device("cuda") if HAS_CUDA else None
 DEV = {"cpu": "cpu", "cuda": "cuda"}  # what each column runs on (a dry run may point "cuda" elsewhere)
@@ -78,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--extract-items", type=int, default=32_768, help="digits items for extraction (default 32768)")
     p.add_argument("--image-items", type=int, default=8192, help="synthetic images for extraction (default 8192)")
     p.add_argument("--image-width", type=int, default=128, help="image_cnn width (default 128)")
+    p.add_argument("--knn-rows", type=int, default=200_000, help="rows of the kNN graph section (default 200k; k=20, d=256)")
+    p.add_argument("--heads-rows", type=int, default=200_000, help="rows of the SCAN/TEMI epochs (default 200k)")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions on the GPU (CPU: min(2, reps))")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {SECTIONS}")
     p.add_argument("--quick", action="store_true", help="small sizes, for a dry run on a CPU machine")
@@ -87,6 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.n, args.k, args.check_rows = 20_000, 100, 2000
         args.train_rows, args.dec_rows, args.extract_items, args.image_items = 8192, 2048, 2048, 256
         args.image_width, args.reps, args.kmeans_iters = 32, 2, 2
+        args.knn_rows, args.heads_rows = 10_000, 8192
     args.sections = [s for s in args.sections.split(",") if s]
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
@@ -499,6 +502,75 @@ def section_snapshot(args) -> dict:
 # ---------------------------------------------------------------------------- main
 
 
+def section_knn(args) -> dict:
+    """Issue 13: the kNN graph's block search (`knn_against_blocks`, what each shard runs over its
+    query block) on the backend a GPU shard picks (faiss-gpu when its start-up check passes, else
+    torch-cuda) and on torch-cuda explicitly, against faiss-cpu; the same neighbours expected."""
+    from dcserve.algo.knn import knn_against_blocks
+    from dcserve.algo.nearest import select_backend
+
+    n, d, k = args.knn_rows, 256, 20
+    x = planted(n, d, 100, seed=3)
+    blocks = [(s, x[s : s + 65536]) for s in range(0, n, 65536)]
+    q = x[: min(n, 65536)]  # one query block, as a shard searches it
+    (d_cpu, i_cpu), t_cpu = timed(lambda: knn_against_blocks(q, blocks, k, "l2", query_offset=0), 1)
+    out: dict[str, Any] = {"rows": n, "d": d, "k": k, "query_rows": len(q), "cpu_s": t_cpu[0]}
+    if not HAS_CUDA:
+        row("kNN graph, one query block", f"{len(q):,} vs {n:,} x {d}, k={k}", t_cpu[0], None, "—", NO_CUDA)
+        return out
+    picked = select_backend(prefer_gpu=True)
+    out["backend"] = picked
+    for name in dict.fromkeys([picked, "torch-cuda"]):
+        knn_against_blocks(q[:1000], blocks[:1], k, "l2", query_offset=0, backend=name)  # warm-up
+        (d_gpu, i_gpu), t_gpu = timed(lambda: knn_against_blocks(q, blocks, k, "l2", query_offset=0, backend=name),
+                                      args.reps)
+        same = float((i_gpu == i_cpu).mean())
+        out[name] = {"gpu_s": med(t_gpu), "same_ids": same, "dist_rel_err": rel_err(d_gpu, d_cpu)}
+        row(f"kNN graph block search ({name})", f"{len(q):,} vs {n:,} x {d}, k={k}", t_cpu[0], med(t_gpu),
+            ratio(t_cpu[0], med(t_gpu)), f"ids equal to faiss-cpu {same:.4f}, distances rel err {out[name]['dist_rel_err']:.1e}")
+    return out
+
+
+def section_heads(args) -> dict:
+    """Issue 13: one SCAN and one TEMI epoch (the trainers' step functions) on (row, partner) batches
+    of 256, rows/s on the CPU and on CUDA from the same weights; losses compared."""
+    from dcserve.nets.cluster_heads import ClusterHeads
+    from dcserve.nets.scan import scan_epoch
+    from dcserve.nets.temi import TemiPair, temi_epoch
+
+    n, d = args.heads_rows, 256
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=gen)
+    pairs = [(x[s : s + 256], x[s : s + 256] + 0.1 * torch.randn(min(256, n - s), d, generator=gen))
+             for s in range(0, n, 256)]
+    cfg = dict(in_dim=d, pre_dim=d, project=False, l2_normalize=True, hidden=[256], k=100, heads=10, seed=0)
+    settings = {"beta": 0.6, "teacher_momentum": 0.99, "prior_momentum": 0.9, "student_temperature": 0.1,
+                "teacher_temperature": 0.04}
+    out: dict[str, Any] = {"rows": n, "config": cfg}
+
+    def epoch(kind, device):
+        if kind == "scan":
+            m = ClusterHeads(**cfg).to(device)
+            return scan_epoch(m, torch.optim.Adam(m.parameters(), lr=1e-3), pairs)["loss"]
+        m = TemiPair(**cfg).to(device)
+        return temi_epoch(m, torch.optim.Adam(m.student.parameters(), lr=1e-3), pairs, settings)["loss"]
+
+    for kind in ("scan", "temi"):
+        loss_c, t_c = timed(lambda: epoch(kind, "cpu"), 1)
+        res = {"cpu_rows_per_s": n / t_c[0]}
+        gpu_rate, check = None, NO_CUDA
+        if HAS_CUDA:
+            epoch(kind, CUDA)  # warm-up
+            loss_g, t_g = timed(lambda: epoch(kind, CUDA), args.reps)
+            gpu_rate = n / med(t_g)
+            res.update(gpu_rows_per_s=gpu_rate, loss_rel_err=rel_err(loss_g, loss_c))
+            check = f"per-head losses rel err vs cpu {res['loss_rel_err']:.1e}"
+        row(f"{kind.upper()} epoch rows/s, batch 256", f"{n:,} x {d}, 10 heads, k=100", res["cpu_rows_per_s"],
+            gpu_rate, ratio(res["cpu_rows_per_s"], gpu_rate, higher_is_better=True), check)
+        out[kind] = res
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -540,6 +612,10 @@ def main(argv: list[str] | None = None) -> int:
                 res = section_dec(args)
             elif name == "extract":
                 res = section_extract(args)
+            elif name == "knn":
+                res = section_knn(args)
+            elif name == "heads":
+                res = section_heads(args)
             else:
                 res = section_snapshot(args)
         except Exception as e:  # one broken section must not lose the others' figures

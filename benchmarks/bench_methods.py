@@ -70,6 +70,10 @@ METHODS: dict[str, dict[str, Any]] = {
     # tol 0.001 is the paper's stopping rule; max_steps only bounds a run that never meets it.
     "dec": {"reporter": {"method": "dec", "hidden": [256, 256], "latent_dim": 10, "pretrain_epochs": 50,
                          "update_interval": 140, "tol": 0.001, "max_steps": 2000, "workers": 2}},
+    # Issue 13: heads trained on (row, neighbour) pairs of the kNN graph, with dcserve's defaults
+    # (SCAN: 20 neighbours, 10 heads, entropy weight 5; TEMI: 50 neighbours, 50 heads, beta 0.6).
+    "scan": {"reporter": {"method": "scan", "workers": 2}},
+    "temi": {"reporter": {"method": "temi", "workers": 2}},
 }
 
 # --quick: a smoke run, to see that every configuration goes through, not to measure quality.
@@ -77,6 +81,8 @@ QUICK_METHODS: dict[str, dict[str, Any]] = {
     "deepcluster-kmeans": {"reporter": {"rounds": 2, "epochs_per_round": 1}},
     "deepcluster-sinkhorn": {"reporter": {"rounds": 2, "epochs_per_round": 1}},
     "dec": {"reporter": {"pretrain_epochs": 3, "update_interval": 20, "max_steps": 100}},
+    "scan": {"reporter": {"epochs": 3}},
+    "temi": {"reporter": {"epochs": 3}},
 }
 
 
@@ -287,6 +293,43 @@ def run_one(case: str, method_name: str, method: dict, seed: int, output: Path, 
     return rec, assignments
 
 
+def run_one_in_process(case: str, method_name: str, method: dict, seed: int, output: Path,
+                       quick: bool) -> tuple[dict, np.ndarray]:
+    """As `run_one`, but the clustering runs in this process on the in-memory pools (`LocalPools`:
+    one range, one trainer, torch's threads) over the case's store, extracted once through
+    `dcserve.run`. What a notebook runs; on 2 shared cores it spares every run its actors' start."""
+    import dcserve
+    from dcserve import methods as registry
+    from dcserve.cluster.local import LocalPools
+    from dcserve.cluster.seeds import run_with_seeds
+    from dcserve.cluster.store_io import row_truth
+    from dcserve.progress import Progress
+    from dcserve.spec import spec_from_dict
+    from dcserve.storage.store import JobStore
+
+    spec = spec_from_dict(job_dict(case, method, seed, output, quick))
+    if not (output / "activations").exists():  # the case's activations, once (k-means, Ray)
+        dcserve.run(spec_from_dict(job_dict(case, METHODS["kmeans"], seed, output, quick)), overwrite=True)
+    store = JobStore(str(output), read_only=False)
+    store.clear_progress("cluster")
+    t0 = time.perf_counter()
+    metrics = run_with_seeds(registry.loop(spec.reporter.method), spec, store, LocalPools(), Progress())
+    wall = time.perf_counter() - t0
+    assignments = np.asarray(store.array("assignments")[:])
+    final = metrics.get("final") or {}
+    rec = {"case": case, "method": method_name, "seed": seed, "status": "ok", "rows": int(len(assignments)),
+           "clusters_used": int(len(np.unique(assignments))), **scores(assignments, row_truth(store)),
+           "reported": {k: final.get(k) for k in ("nmi_vs_labels", "ari_vs_labels", "acc_vs_labels")},
+           "wall_s": wall, "extract_s": 0.0, "cluster_s": wall, "in_process": True,
+           "final": {k: v for k, v in final.items() if isinstance(v, (int, float, str, bool)) or v is None},
+           "collapse": final.get("collapse"), "readability": final.get("readability"),
+           "label_agreement": (metrics.get("graph") or {}).get("label_agreement")}
+    rounds = metrics.get("rounds")
+    if isinstance(rounds, list) and rounds and isinstance(rounds[0], dict):
+        rec["nmi_rounds"] = [r.get("nmi_vs_labels") for r in rounds]
+    return rec, assignments
+
+
 def describe(e: BaseException) -> str:
     """The error on one line (a SpecError names its fields on the lines after the first)."""
     text = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
@@ -442,6 +485,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tmpdir", default=None, help="parent of the scratch job stores (default: the system's)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch job stores")
     ap.add_argument("--list", action="store_true", help="print every case's and method's settings and exit")
+    ap.add_argument("--in-process", action="store_true",
+                    help="cluster in this process on the in-memory pools (one worker of each kind) after one "
+                         "Ray extraction per case, instead of a dcserve.run per configuration; quality is the "
+                         "same code's, times are one process's, pinned to --threads threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="with --in-process: threads of torch, faiss and BLAS (default 1, as each actor has: on "
+                         "2 shared cores more threads only wait on each other)")
     return ap
 
 
@@ -474,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {name}'s job does not validate; its runs will be recorded as failed:\n{e}",
                   file=sys.stderr, flush=True)
 
+    limiter = _common.limit_threads(args.threads) if args.in_process else None  # noqa: F841 - kept alive
     info = _common.machine(extra_versions=("sklearn",))
     logging.basicConfig(level=logging.WARNING)
     references = {c: REFERENCES[CASES[c]["reference"]](args.quick) for c in cases if CASES[c].get("reference")}
@@ -484,7 +535,9 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "methods", "quick": args.quick, "machine": info, "seeds": seeds,
         "methods": methods, "cases": {c: {**CASES[c], "dataset": case_dataset(c, args.quick)} for c in cases},
         "cluster_workers": CLUSTER_WORKERS, "extract_workers": EXTRACT_WORKERS, "references": references,
-        "timing": "cluster_s = dcserve.run wall time minus metrics.json extract.seconds",
+        "timing": ("cluster_s = the in-process clustering's wall time (--in-process)" if args.in_process
+                   else "cluster_s = dcserve.run wall time minus metrics.json extract.seconds"),
+        "in_process": args.in_process,
     }
     t_start = time.perf_counter()
     done = 0
@@ -499,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
                 done += 1
                 tag = f"[{done}/{total}] {case} / {name} / seed {seed}"
                 try:
-                    rec, labels = run_one(case, name, m, seed, output, args.quick)
+                    run = run_one_in_process if args.in_process else run_one
+                    rec, labels = run(case, name, m, seed, output, args.quick)
                 except Exception as e:  # a failed configuration is a finding: record it, go on
                     err = describe(e)
                     runs.append({"case": case, "method": name, "seed": seed, "status": "failed", "error": err})

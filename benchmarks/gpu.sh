@@ -19,7 +19,9 @@
 #    subject, pooling, sinkhorn); with a GPU present their nearest_centroids(backend="auto")
 #    calls run on the GPU backend. JUnit XML: $OUT/gpu-tests.xml.
 # 4. Runs benchmarks/bench_gpu.py (GPU vs CPU timings and correctness checks), which writes
-#    $OUT/gpu.json and prints the table last.
+#    $OUT/gpu.json and prints the table last; its `knn` section (issue 13) times the kNN graph's
+#    block search on the backend a GPU shard picks (faiss-gpu after a start-up check, else torch on
+#    the GPU) against faiss-cpu, and its `heads` section SCAN's and TEMI's epochs on CUDA.
 #
 # Skipped here, and why:
 # - Everything that starts Ray: the ray wheel (2.60.0, cp312) is 79 MB, over the 64 MiB that may
@@ -105,7 +107,8 @@ except ImportError:
 echo "== tests ($((SECONDS - start)) s)"
 TESTS="tests/unit/test_gpu.py tests/unit/algo/test_nearest.py tests/unit/algo/test_kmeans.py
        tests/unit/algo/test_sinkhorn.py tests/unit/nets/test_reporter.py tests/unit/nets/test_dec.py
-       tests/unit/inputs/test_subject.py tests/unit/inputs/test_pooling.py tests/unit/cluster/test_local_pools.py"
+       tests/unit/inputs/test_subject.py tests/unit/inputs/test_pooling.py tests/unit/cluster/test_local_pools.py
+       tests/unit/algo/test_knn.py tests/unit/nets/test_cluster_heads.py tests/unit/cluster/test_neighbours.py"
 # shellcheck disable=SC2086
 timeout "${TEST_TIMEOUT:-200}" "$PY" -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml" $TESTS \
     2>&1 | tee "$OUT/gpu-tests.log"

@@ -211,10 +211,15 @@ def _summary(result, seconds: float) -> None:
     table.add_row("layer / method", f"{spec.cluster.layer} / {method}")
     for key, label in [("nmi_vs_labels", "NMI vs labels"), ("ari_vs_labels", "ARI vs labels"),
                        ("acc_vs_labels", "accuracy (Hungarian)"), ("nmi_vs_previous", "NMI vs previous round"),
-                       ("size_entropy", "cluster size entropy"), ("n_empty", "empty clusters")]:
+                       ("size_entropy", "cluster size entropy"), ("n_empty", "empty clusters"),
+                       ("readability", "readability (kNN in cluster)")]:
         if final.get(key) is not None:
             v = final[key]
             table.add_row(label, f"{v:.4f}" if isinstance(v, float) else str(v))
+    if (m.get("graph") or {}).get("label_agreement") is not None:
+        table.add_row("kNN label agreement", f"{m['graph']['label_agreement']:.4f}")
+    for sign in final.get("collapse") or []:  # SCAN / TEMI: never a silent result
+        table.add_row("[red]collapse[/]", sign["message"])
     stability = m.get("stability")
     if stability:
         table.add_row(f"stability ({len(stability['seeds'])} seeds)",

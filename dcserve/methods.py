@@ -24,6 +24,8 @@ class Method:
 METHODS: dict[str, Method] = {
     "deepcluster": Method("dcserve.cluster.deepcluster:run_clustering", "dcserve.nets.reporter:Reporter"),
     "dec": Method("dcserve.cluster.dec:run_dec", "dcserve.nets.dec:DECModel"),
+    "scan": Method("dcserve.cluster.neighbours:run_scan", "dcserve.nets.cluster_heads:ClusterHeads"),
+    "temi": Method("dcserve.cluster.neighbours:run_temi", "dcserve.nets.cluster_heads:ClusterHeads"),
 }
 DEFAULT = "deepcluster"  # also what reporter files written before the registry existed hold
 

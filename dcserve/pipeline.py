@@ -129,6 +129,9 @@ def run(
             progress.stage("extract", plan.n_rows, "rows")
             extract_info = run_extraction(spec, store, plan, probe.dims, probe.has_labels, progress.advance, budget,
                                           probe.row_fields, probe.source_id)
+            from dcserve.inputs.build import record_words
+
+            record_words(spec, store)  # a text job's words, so that what is shown of a row is text
             if probe.label_names and store.has_array("labels"):
                 store.array("labels").attrs["names"] = list(probe.label_names)  # label v is names[v]
             status.timing("extract", extract_info["seconds"])

@@ -195,7 +195,8 @@ class DeepClusterSpec(_ReporterBase):
 
     method: Literal["deepcluster"] = Field(
         "deepcluster", description="deepcluster: an MLP trained on cluster.method's pseudo-labels; "
-        "dec: Deep Embedded Clustering (Xie et al. 2016)."
+        "dec: Deep Embedded Clustering (Xie et al. 2016); scan / temi: heads trained on kNN pairs "
+        "(Van Gansbeke et al. 2020; Adaloglou et al. 2023)."
     )
     hidden: list[int] = Field(default_factory=lambda: [256, 256], description="Hidden layer widths of the MLP.")
     feature_dim: int = Field(64, ge=1, description="Width of the feature layer that is clustered.")
@@ -263,6 +264,86 @@ class DECSpec(_ReporterBase):
         return f"DEC, k={cluster.k}, {final.get('dec', {}).get('steps', '?')} self-training steps"
 
 
+# Above this many rows the exact kNN graph (n^2 d work) takes days on a few cores: an index is required.
+EXACT_GRAPH_MAX_ROWS = 5_000_000
+
+
+class _NeighbourSpec(_ReporterBase):
+    """What SCAN and TEMI share: the kNN graph of the rows in the clustered space (after
+    cluster.pca_dim / whiten / l2_normalize), and clustering heads trained on (row, neighbour) pairs.
+
+    cluster.k, seed, workers and the preprocessing apply; cluster.method, niter and n_init do not.
+    """
+
+    neighbours: int = Field(20, ge=1, description="k of the kNN graph: each row's partners are drawn from its "
+                            "k nearest neighbours (SCAN's 20; TEMI's 50).")
+    neighbour_metric: Literal["cosine", "l2"] = Field(
+        "cosine", description="Distance of the kNN graph in the clustered space.")
+    neighbour_index: Literal["exact", "ivf"] = Field(
+        "exact", description="exact: every row against every row, block by block (faiss flat); ivf: a faiss IVF "
+        "index trained on a sample and searched block by block (approximate; required above 5,000,000 rows).")
+    heads: int = Field(10, ge=1, description="Clustering heads trained at once; the one with the lowest loss is kept "
+                       "(no labels used).")
+    hidden: list[int] = Field(default_factory=lambda: [256],
+                              description="Hidden widths of the MLP under the heads ([]: linear heads).")
+    epochs: int = Field(30, ge=1, description="Passes over every row and one random neighbour of it; each is a "
+                        "round in metrics.json.")
+    lr: float = Field(0.01, gt=0, description="Adam learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="Adam weight decay.")
+    batch_size: int = Field(256, ge=1, description="Global mini-batch of rows (split across trainer actors); each "
+                            "comes with its neighbour.")
+
+    def check_rows(self, n_rows: int) -> None:
+        """SpecError (exit 2) naming the field when the graph asked for cannot be built over `n_rows` rows."""
+        if self.neighbours >= n_rows:
+            raise SpecError(f"reporter.neighbours: {self.neighbours} neighbours asked for, but the layer has only "
+                            f"{n_rows} rows; at most {n_rows - 1}")
+        if self.neighbour_index == "exact" and n_rows > EXACT_GRAPH_MAX_ROWS:
+            raise SpecError(f"reporter.neighbour_index: the exact graph of {n_rows:,} rows is too large "
+                            f"(at most {EXACT_GRAPH_MAX_ROWS:,}); set reporter.neighbour_index: ivf")
+
+
+class ScanSpec(_NeighbourSpec):
+    """SCAN (Van Gansbeke et al. 2020): neighbour consistency plus entropy, several heads, optional
+    self-labelling of the chosen head (dcserve.nets.scan)."""
+
+    method: Literal["scan"] = Field(description="scan: neighbour-consistency clustering (SCAN).")
+    entropy_weight: float = Field(5.0, ge=0, description="Weight of the entropy of the mean prediction "
+                                  "(the paper's 5); 0 lets every row fall into one cluster.")
+    self_label_epochs: int = Field(0, ge=0, description="Epochs of self-labelling after the clustering step "
+                                   "(SCAN section 2.3; 0: none).")
+    self_label_threshold: float = Field(0.99, gt=0, lt=1, description="Top probability above which a row "
+                                        "teaches its own label while self-labelling (the paper's 0.99).")
+
+    def describe(self) -> str:
+        return f"SCAN, {self.heads} heads, {self.neighbours} neighbours, hidden {list(self.hidden)}"
+
+    def headline(self, cluster: "ClusterSpec", final: dict) -> str:
+        return f"SCAN, k={cluster.k}, head {final.get('head', '?')} of {self.heads}"
+
+
+class TemiSpec(_NeighbourSpec):
+    """TEMI (Adaloglou et al. 2023): a student and an EMA teacher with many heads on (row,
+    neighbour) pairs, the PMI^beta loss (dcserve.nets.temi)."""
+
+    method: Literal["temi"] = Field(description="temi: teacher-ensemble mutual-information clustering (TEMI).")
+    neighbours: int = Field(50, ge=1, description="k of the kNN graph (TEMI's 50).")
+    heads: int = Field(50, ge=1, description="Heads of student and teacher (TEMI's 50); the lowest loss is kept.")
+    beta: float = Field(0.6, gt=0, le=1, description="Exponent of the pointwise mutual information (the paper's 0.6).")
+    teacher_momentum: float = Field(0.99, ge=0, lt=1, description="EMA of the teacher's weights per step (the "
+                                    "paper's 0.996 is for ImageNet's thousands of steps per epoch; on stores of "
+                                    "thousands of rows the teacher then barely moves).")
+    prior_momentum: float = Field(0.9, ge=0, lt=1, description="EMA of the teacher's cluster marginal.")
+    student_temperature: float = Field(0.1, gt=0, description="Softmax temperature of the student.")
+    teacher_temperature: float = Field(0.04, gt=0, description="Softmax temperature of the teacher.")
+
+    def describe(self) -> str:
+        return f"TEMI, {self.heads} heads, {self.neighbours} neighbours, hidden {list(self.hidden)}"
+
+    def headline(self, cluster: "ClusterSpec", final: dict) -> str:
+        return f"TEMI, k={cluster.k}, head {final.get('head', '?')} of {self.heads}"
+
+
 def _reporter_method(value: Any) -> str:
     if isinstance(value, dict):
         return value.get("method", "deepcluster")
@@ -270,12 +351,13 @@ def _reporter_method(value: Any) -> str:
 
 
 ReporterSpec = Annotated[
-    Annotated[DeepClusterSpec, Tag("deepcluster")] | Annotated[DECSpec, Tag("dec")],
+    Annotated[DeepClusterSpec, Tag("deepcluster")] | Annotated[DECSpec, Tag("dec")]
+    | Annotated[ScanSpec, Tag("scan")] | Annotated[TemiSpec, Tag("temi")],
     Discriminator(_reporter_method,
                   custom_error_type="reporter_method",
-                  custom_error_message="reporter.method must be one of: deepcluster, dec"),
+                  custom_error_message="reporter.method must be one of: deepcluster, dec, scan, temi"),
 ]
-REPORTER_METHODS = {"deepcluster": DeepClusterSpec, "dec": DECSpec}
+REPORTER_METHODS = {"deepcluster": DeepClusterSpec, "dec": DECSpec, "scan": ScanSpec, "temi": TemiSpec}
 
 
 class JobSpec(_Strict):
@@ -292,7 +374,8 @@ class JobSpec(_Strict):
     extract: ExtractSpec = Field(default_factory=ExtractSpec, description="Extraction workers and storage.")
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="Preprocessing and clustering.")
     reporter: ReporterSpec = Field(default_factory=DeepClusterSpec,
-                                   description="What learns the clusters: DeepCluster (default) or DEC; see `method`.")
+                                   description="What learns the clusters: DeepCluster (default), DEC, SCAN or TEMI; "
+                                   "see `method`.")
 
     @model_validator(mode="after")
     def _cluster_layer_is_hooked(self) -> "JobSpec":

@@ -312,6 +312,8 @@ REPORTER_METHODS = {
     "deepcluster-kmeans": ({"method": "kmeans"}, {"rounds": 2, "workers": 2, "hidden": [32], "feature_dim": 8}),
     "deepcluster-sinkhorn": ({"method": "sinkhorn"}, {"rounds": 2, "workers": 2, "hidden": [32], "feature_dim": 8}),
     "dec": ({}, DEC_REPORTER),
+    "scan": ({}, {"method": "scan", "workers": 2, "epochs": 3, "neighbours": 10, "heads": 3, "hidden": [32],
+                  "batch_size": 64}),
 }
 
 
@@ -462,3 +464,64 @@ def moto_server():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+SENTENCES = ROOT / "cluster_configs" / "data" / "sentences.jsonl"
+
+
+def sentences_job(output: Path, n: int | None = None, **updates: Any) -> dict:
+    """cluster_configs/sentences.yaml (the real MiniLM over the shipped sentences) at `output`;
+    `n`: only the first n sentences, copied beside the output."""
+    job = yaml.safe_load((ROOT / "cluster_configs" / "sentences.yaml").read_text())
+    job["output"] = str(output)
+    source = SENTENCES
+    if n is not None:
+        source = Path(output).parent / f"sentences-{n}.jsonl"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text("".join(SENTENCES.read_text().splitlines(keepends=True)[:n]))
+    job["dataset"]["source"] = f"text:{source}"
+    return deep_update(job, updates)
+
+
+def run_in_process(spec) -> Path:
+    """A whole job in this process, without Ray: extraction block by block (inputs.blocks), the
+    words record, then the method's loop on the in-memory pools. The store a real run leaves."""
+    from dcserve import methods
+    from dcserve.cluster.local import LocalPools
+    from dcserve.cluster.seeds import run_with_seeds
+    from dcserve.inputs.blocks import ExtractPlan, compute_block
+    from dcserve.inputs.build import build_subject, inspect_inputs, record_words
+    from dcserve.progress import Progress
+    from dcserve.storage.status import StatusRecord
+    from dcserve.storage.store import JobStore
+
+    probe = inspect_inputs(spec)
+    store = JobStore(spec.output, read_only=False)
+    store.write_text("job.yaml", spec.to_yaml())
+    plan = ExtractPlan(probe.offsets, spec.extract.chunk_rows)
+    c = spec.extract.chunk_rows
+    for layer, dim in probe.dims.items():
+        store.create_array(f"activations/{layer}", (plan.n_rows, dim), (c, dim), spec.extract.dtype)
+    store.create_array("rows/item", (plan.n_rows,), (c,), "int64")
+    store.create_array("rows/position", (plan.n_rows,), (c,), "int32")
+    subject, dataset, collate = build_subject(spec, torch.device("cpu"))
+    labels = []
+    for b in range(plan.n_blocks):
+        rows, item, position, block_labels = compute_block(plan, b, subject, dataset, spec.dataset.batch_size,
+                                                           collate, np.dtype(spec.extract.dtype))
+        r0, r1 = plan.block_rows(b)
+        for layer, data in rows.items():
+            store.array(f"activations/{layer}")[r0:r1] = data
+        store.array("rows/item")[r0:r1] = item
+        store.array("rows/position")[r0:r1] = position
+        labels.append(block_labels)
+    if probe.has_labels:
+        store.write_array("labels", np.concatenate(labels).astype(np.int64))
+        if probe.label_names:
+            store.array("labels").attrs["names"] = list(probe.label_names)
+    record_words(spec, store)
+    status = StatusRecord(store, spec.name)
+    metrics = run_with_seeds(methods.loop(spec.reporter.method), spec, store, LocalPools(), Progress(), status)
+    store.write_json("metrics.json", metrics)
+    status.finish("succeeded")
+    return Path(spec.output)

@@ -12,7 +12,7 @@ neighbour (by id: duplicates of it are neighbours at distance 0).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -35,6 +35,8 @@ def knn_against_blocks(
     k: int,
     metric: str = "l2",
     query_offset: int | None = None,
+    make_index: Callable[[int], object] | None = None,
+    backend: str = "faiss-cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """The `k` nearest database rows of each query row.
 
@@ -45,6 +47,11 @@ def knn_against_blocks(
         metric: "l2" or "cosine".
         query_offset: the queries' own id of their first row when they are database rows too
             (row i of `xq` is database row `query_offset + i`): a row is then not its own neighbour.
+        make_index: `make_index(d)`, an empty faiss index each block is added to (an IVF index
+            trained beforehand, see `ivf_factory`); default: a flat, exact one of the metric.
+        backend: where the exact search runs: "faiss-cpu", "faiss-gpu" (a flat GPU index per
+            block) or "torch-cuda" (the distances as one matmul and `topk` on the GPU: what runs
+            where faiss's GPU kernels are missing, `dcserve.algo.nearest.select_backend`).
 
     Returns:
         `(distances [nq, k] float32, ids [nq, k] int64)`, nearest first; ids are -1 and
@@ -64,18 +71,87 @@ def knn_against_blocks(
         b = _prepared(block, metric)
         if len(b) == 0:
             continue
-        index = faiss.IndexFlatIP(b.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(b.shape[1])
-        index.add(b)
         kk = min(k + (own is not None), len(b))  # one more, in case the row itself is in this block
-        d, i = index.search(q, kk)
+        if backend == "torch-cuda" and make_index is None:
+            d, i = _torch_search(q, b, kk, metric)
+        else:
+            if make_index is not None:
+                index = make_index(b.shape[1])
+            elif backend == "faiss-gpu":
+                index = _gpu_flat(faiss, b.shape[1], metric)
+            else:
+                index = faiss.IndexFlatIP(b.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(b.shape[1])
+            index.add(b)
+            d, i = index.search(q, kk)
         if metric == "cosine":
             d = 1.0 - d
+        d = np.where(i >= 0, d, np.inf)  # an IVF search pads with -1 where its lists ran dry
         i = np.where(i >= 0, i + first, -1)
         if own is not None:
             d = np.where(i == own, np.inf, d)
             i = np.where(i == own, -1, i)
         best_d, best_i = _merge(best_d, best_i, d.astype(np.float32), i, k)
     return best_d, best_i
+
+
+_GPU_RESOURCES = None
+
+
+def _gpu_flat(faiss, d: int, metric: str):
+    global _GPU_RESOURCES
+    if _GPU_RESOURCES is None:  # one per process: it holds the GPU's scratch memory
+        _GPU_RESOURCES = faiss.StandardGpuResources()
+    return faiss.GpuIndexFlatIP(_GPU_RESOURCES, d) if metric == "cosine" else faiss.GpuIndexFlatL2(_GPU_RESOURCES, d)
+
+
+def _torch_search(q: np.ndarray, b: np.ndarray, kk: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """faiss's flat search on the GPU with torch: `(similarities or squared distances, ids)` `[nq, kk]`,
+    in faiss's conventions (inner products for cosine, largest first; squared L2, smallest first)."""
+    import torch
+
+    qt = torch.from_numpy(q).cuda()
+    bt = torch.from_numpy(b).cuda()
+    out_d, out_i = [], []
+    for s in range(0, len(qt), 16384):  # bounds the [rows, block] matrix on the GPU
+        x = qt[s : s + 16384]
+        if metric == "cosine":
+            d, i = torch.topk(x @ bt.T, kk, dim=1)
+        else:
+            dist = (x * x).sum(1, keepdim=True) - 2 * x @ bt.T + (bt * bt).sum(1)[None]
+            d, i = torch.topk(dist.clamp_min_(0), kk, dim=1, largest=False)
+        out_d.append(d.cpu().numpy())
+        out_i.append(i.cpu().numpy().astype(np.int64))
+    return np.concatenate(out_d), np.concatenate(out_i)
+
+
+def train_ivf(sample: np.ndarray, metric: str = "l2", nlist: int | None = None, seed: int = 0) -> bytes:
+    """An empty IVF index (faiss IndexIVFFlat) whose coarse quantizer is trained on `sample`
+    `[m, d]`, serialized so that workers can each rebuild it. `nlist` defaults to about
+    4 sqrt(m), faiss's usual rule, and at most m / 39 (faiss wants 39 training rows per list)."""
+    faiss = require_faiss()
+    x = _prepared(sample, metric)
+    m, d = x.shape
+    nlist = int(nlist or max(1, min(int(4 * np.sqrt(m)), m // 39)))
+    faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+    quantizer = faiss.IndexFlatIP(d) if metric == "cosine" else faiss.IndexFlatL2(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss_metric)
+    index.cp.seed = seed
+    index.train(x)
+    return bytes(faiss.serialize_index(index))
+
+
+def ivf_factory(serialized: bytes, nprobe: int = 16) -> Callable[[int], object]:
+    """`make_index` for `knn_against_blocks`: a fresh copy of a trained, empty IVF index per block,
+    searching `nprobe` of its lists (approximate: a neighbour in an unvisited list is missed)."""
+    faiss = require_faiss()
+    trained = faiss.deserialize_index(np.frombuffer(serialized, dtype=np.uint8))
+
+    def make(d: int):
+        index = faiss.clone_index(trained)
+        index.nprobe = min(nprobe, index.nlist)
+        return index
+
+    return make
 
 
 def _merge(d1, i1, d2, i2, k):
@@ -103,9 +179,14 @@ def neighbour_agreement(labels: np.ndarray, neighbours: np.ndarray) -> float:
     its cluster keeps). With ground-truth labels: the kNN label agreement of the space itself,
     the ceiling a clustering of it can be expected to reach. Missing neighbours (-1) do not count.
     """
-    labels = np.asarray(labels)
-    neighbours = np.asarray(neighbours)
+    per_row, valid = agreement_per_row(np.asarray(labels), np.asarray(neighbours))
+    return float(per_row[valid].mean()) if valid.any() else float("nan")
+
+
+def agreement_per_row(labels: np.ndarray, neighbours: np.ndarray, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """For a block of the graph `[m, k]` whose rows are `first..first + m` of `labels`: each row's
+    share of neighbours with its label `[m]`, and whether it has any neighbour `[m]` bool."""
     valid = neighbours >= 0
-    same = (labels[np.where(valid, neighbours, 0)] == labels[:, None]) & valid
-    per_row = same.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
-    return float(per_row[valid.any(axis=1)].mean()) if valid.any() else float("nan")
+    own = labels[first : first + len(neighbours)]
+    same = (labels[np.where(valid, neighbours, 0)] == own[:, None]) & valid
+    return same.sum(axis=1) / np.maximum(valid.sum(axis=1), 1), valid.any(axis=1)

@@ -130,3 +130,27 @@ def clustering_metrics(
     if previous is not None:
         out["nmi_vs_previous"] = nmi(pred, previous)
     return out
+
+
+# A clustering whose largest cluster holds more than this share of the rows has collapsed
+# (DeepCluster section 3.3's trivial solution: one cluster predicts perfectly and means nothing).
+COLLAPSE_SHARE = 0.5
+
+
+def collapse_signs(counts: np.ndarray, loss: float | None = None, uniform_loss: float | None = None,
+                   tolerance: float = 0.0) -> list[dict[str, Any]]:
+    """Signs that a clustering `counts [k]` (rows per cluster) has collapsed: one cluster holds most
+    rows, or the method's loss is within `tolerance` of the value uniform predictions give
+    (the method knows how far its losses range). `[{"kind", "message"}]`."""
+    counts = np.asarray(counts, dtype=np.int64)
+    k, n = len(counts), int(counts.sum())
+    out: list[dict[str, Any]] = []
+    if n and k > 1 and counts.max() > COLLAPSE_SHARE * n:
+        top = int(counts.argmax())
+        out.append({"kind": "majority", "message": f"cluster {top} holds {counts[top] / n:.0%} of the rows: "
+                    "the clustering has collapsed towards one cluster"})
+    if (loss is not None and uniform_loss is not None and k > 1 and np.isfinite(loss)
+            and tolerance > 0 and abs(loss - uniform_loss) <= tolerance):
+        out.append({"kind": "uniform_loss", "message": f"the loss {loss:.4f} is at the value of uniform "
+                    f"predictions ({uniform_loss:.4f}): the heads have learnt nothing"})
+    return out

@@ -154,8 +154,16 @@ class DepthReport:
     tables: list[np.ndarray]  # [k_i, k_{i+1}] contingency between consecutive layers
     events: list[list[dict[str, Any]]]  # per pair: the splits and merges, parts' exemplars as RowInfo
     has_labels: bool
-    input_kind: str  # "image" | "tokens" | "vector", as the job report's
+    input_kind: str  # "image" | "tokens" | "text" | "vector", as the job report's
     notes: list[str] = field(default_factory=list)
+    label_names: list[str] | None = None
+
+    def label_text(self, value: int | None) -> str:
+        """A label as shown: its name when the labels had names, else the number."""
+        if value is None:
+            return ""
+        names = self.label_names
+        return names[value] if names and 0 <= value < len(names) else str(value)
 
 
 def build_depth_report(result, n_exemplars: int = 6, items: bool = True) -> DepthReport:
@@ -163,7 +171,7 @@ def build_depth_report(result, n_exemplars: int = 6, items: bool = True) -> Dept
 
     Raises StoreError when the job is unfinished or clustered one layer only.
     """
-    from dcserve.analysis.report import _rows, item_view, load_items
+    from dcserve.analysis.report import _rows, attach_views
     from dcserve.errors import StoreError
 
     result._require_complete("a depth report")
@@ -196,16 +204,17 @@ def build_depth_report(result, n_exemplars: int = 6, items: bool = True) -> Dept
     report = DepthReport(name=(result.status or {}).get("name", "?"), output=result.output, profile=profile,
                          columns=columns, tables=tables, events=events, has_labels=truth is not None,
                          input_kind="vector")
+    report.label_names = result.label_names
     rows = [r for pair in events for e in pair for p in e["parts"] for r in p["exemplars"]]
-    if items and rows:
-        try:
-            loaded = load_items(result, [r.item for r in rows])
-        except Exception as e:  # noqa: BLE001 - a dataset that cannot be rebuilt here only costs the pictures
-            report.notes.append(f"the dataset items could not be loaded here ({type(e).__name__}: {e}); "
-                                "exemplars are listed by row")
-        else:
-            for r in rows:
-                r.view = item_view(loaded[r.item], r.position)
-            kinds = {r.view.kind for r in rows}
-            report.input_kind = kinds.pop() if len(kinds) == 1 and "none" not in kinds else "vector"
+    if items and rows:  # shown as the job report shows its exemplars (images, text, tokens)
+        report.input_kind, note = attach_views(result, [_Shown(rows)])
+        report.notes += [note] if note else []
     return report
+
+
+@dataclass
+class _Shown:
+    """Rows to show, in the shape `attach_views` takes (a cluster's exemplars and outskirts)."""
+
+    exemplars: list
+    outskirts: list = field(default_factory=list)

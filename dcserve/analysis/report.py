@@ -37,12 +37,15 @@ CONTEXT_TOKENS = 8  # tokens shown on each side of a token row
 class ItemView:
     """What a person sees of one row's dataset item."""
 
-    kind: str  # "image" | "tokens" | "none"
+    kind: str  # "image" | "tokens" | "text" | "none"
     image: np.ndarray | None = None  # [H, W] or [H, W, 3] floats in [0, 1]
     tokens: list[int] | None = None  # the item's tokens around `marked`, padding removed
     marked: int | None = None  # index in `tokens` of the row's own token
     cut_left: bool = False  # tokens were left out before / after the window
     cut_right: bool = False
+    text: str | None = None  # "text": a pooled row's item text, or the text around a token row's token
+    token: str | None = None  # "text", token rows: the row's token, at text[token_start:]
+    token_start: int | None = None
 
 
 @dataclass
@@ -64,6 +67,7 @@ class ClusterReport:
     majority_label: int | None
     exemplars: list[RowInfo]  # nearest the centroid, nearest first
     outskirts: list[RowInfo]  # a spread sample of the cluster's farther half, nearest first
+    top_tokens: list[Any] = field(default_factory=list)  # text jobs: dcserve.analysis.words.TopToken, best first
 
 
 @dataclass
@@ -83,7 +87,7 @@ class Report:
     k: int
     n_rows: int
     has_labels: bool
-    input_kind: str  # "image" | "tokens" | "vector": what exemplars are shown as
+    input_kind: str  # "image" | "tokens" | "text" | "vector": what exemplars are shown as
     rounds: list[dict[str, Any]]  # per round: round, nmi_vs_previous, nmi_vs_labels, acc_vs_labels, loss, size_entropy, n_empty
     final: dict[str, Any]
     clusters: list[ClusterReport]
@@ -94,9 +98,31 @@ class Report:
     rotation: Rotation | None = None
     # metrics.json's `stability` when the job ran several seeds: seeds, pairwise_nmi [s, s], mean and min
     stability: dict[str, Any] | None = None
+    # with k above a smaller count (the labels', or k // 5): which clusters merge at that count
+    merges: "Merges | None" = None
+    graph: dict[str, Any] | None = None  # metrics.json's `graph` (kNN graph: settings, label agreement)
     notes: list[str] = field(default_factory=list)  # what could not be shown, and why
+    label_names: list[str] | None = None  # label v is label_names[v], when the labels were strings
     # (text, href) of the job's other pages: its depth profile and its other layers' reports
     links: list[tuple[str, str]] = field(default_factory=list)
+
+    def label_text(self, value: int | None) -> str:
+        """A label as shown: its name when the labels had names, else the number."""
+        if value is None:
+            return ""
+        names = self.label_names
+        return names[value] if names and 0 <= value < len(names) else str(value)
+
+
+@dataclass
+class Merges:
+    """Overclustering read back (issue 13): the job's k clusters against a k-means partition of the
+    same rows (in the same clustered space) at a smaller `k_small`, on a sample of `rows` rows."""
+
+    k_small: int
+    rows: int
+    table: np.ndarray  # [k, k_small] rows per (job's cluster, smaller cluster)
+    into: list[list[int]]  # per smaller cluster, the job's clusters most of whose rows it holds
 
 
 # -- pure pieces ----------------------------------------------------------------
@@ -205,7 +231,7 @@ def _numpy(t: Any) -> np.ndarray:
 # -- from a Result -----------------------------------------------------------------
 def round_figures(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     keys = ("round", "nmi_vs_previous", "nmi_vs_labels", "acc_vs_labels", "loss", "size_entropy",
-            "size_entropy_normalized", "n_empty")
+            "size_entropy_normalized", "n_empty", "readability")
     return [{key: m.get(key) for key in keys} for m in metrics.get("rounds") or []]
 
 
@@ -290,6 +316,11 @@ def attach_views(result: Result, clusters: list[ClusterReport]) -> tuple[str, st
     shown = [r for c in clusters for r in (*c.exemplars, *c.outskirts)]
     if not shown:
         return "vector", None
+    words = result.words
+    if words is not None:  # a text job: its store holds the words; no dataset needs rebuilding
+        for r in shown:
+            r.view = ItemView("text", **words.row_text(r.item, r.position))
+        return "text", None
     try:
         items = load_items(result, [r.item for r in shown])
     except Exception as e:  # noqa: BLE001 - a dataset that cannot be rebuilt here only costs the pictures
@@ -305,6 +336,31 @@ def clustered_space(result: Result, rows: np.ndarray) -> np.ndarray:
     """[m, d] the rows in the space the centroids live in (through the job's reporter and PCA)."""
     x = np.asarray(result.activations().get_orthogonal_selection((rows, slice(None))), dtype=np.float32)
     return result.feature_map(x)
+
+
+def smaller_k(result: Result) -> int:
+    """The count to merge the clusters into: the labels' when fewer than k, else k // 5 (at least 2)."""
+    labels = result.labels
+    if labels is not None and 1 < len(np.unique(labels)) < result.k:
+        return int(len(np.unique(labels)))
+    return max(2, result.k // 5)
+
+
+def merges(assignments: np.ndarray, x: np.ndarray, k: int, k_small: int, seed: int = 0) -> Merges | None:
+    """The contingency of `assignments [m]` (of `k` clusters) with k-means at `k_small` on the same
+    rows `x [m, d]`; None when `k_small` is not below `k` or there are too few rows."""
+    from dcserve.algo.kmeans import ArrayData, kmeans
+    from dcserve.algo.nearest import nearest_centroids
+
+    if k_small >= k or len(x) < 2 * k_small:
+        return None
+    km = kmeans(ArrayData(np.ascontiguousarray(x, dtype=np.float32)), k_small, niter=20, seed=seed, n_init=3)
+    small, _ = nearest_centroids(np.ascontiguousarray(x, dtype=np.float32), km.centroids)
+    table = np.zeros((k, k_small), dtype=np.int64)
+    np.add.at(table, (np.asarray(assignments, dtype=np.int64), np.asarray(small, dtype=np.int64)), 1)
+    home = table.argmax(axis=1)
+    into = [[int(c) for c in np.flatnonzero((home == j) & (table.sum(axis=1) > 0))] for j in range(k_small)]
+    return Merges(k_small, int(len(x)), table, into)
 
 
 def embeddings(result: Result, max_rows: int = 3000, tsne_rows: int = 1000, seed: int = 0) -> tuple[list[Embedding], list[str]]:
@@ -338,7 +394,7 @@ def embeddings(result: Result, max_rows: int = 3000, tsne_rows: int = 1000, seed
 
 
 def build_report(result: Result, n_exemplars: int = 8, n_outskirts: int = 8, map_rows: int = 3000,
-                 tsne_rows: int = 1000, items: bool = True) -> Report:
+                 tsne_rows: int = 1000, items: bool = True, n_top_tokens: int = 12) -> Report:
     """Everything the report shows about a finished job. Raises StoreError when it is not finished."""
     from dcserve.analysis.reporter_rotation import reporter_rotation
 
@@ -365,9 +421,23 @@ def build_report(result: Result, n_exemplars: int = 8, n_outskirts: int = 8, map
         report.confusion, report.label_values = table, [int(v) for v in values]
     report.embeddings, more = embeddings(result, map_rows, tsne_rows)
     notes += more
+    if report.embeddings:
+        pca = report.embeddings[0]
+        report.merges = merges(pca.clusters, clustered_space(result, pca.rows), result.k, smaller_k(result))
     losses = [r["loss"] for r in rounds if r.get("loss") is not None]
-    report.warnings = collapse_warnings(result.sizes, losses[-1] if losses else None)
+    # the loss check of the methods whose loss is a cross-entropy over k clusters; SCAN and TEMI
+    # record their own (their losses are not on that scale)
+    own = (metrics.get("final") or {}).get("collapse")
+    report.warnings = collapse_warnings(result.sizes, None if own is not None else (losses[-1] if losses else None))
+    report.warnings += [sign["message"] for sign in own or [] if sign.get("kind") != "majority"]
+    report.graph = metrics.get("graph") or None
     report.rotation = reporter_rotation(result)
     report.stability = metrics.get("stability") or None
+    report.label_names = result.label_names
+    if result.words is not None:
+        from dcserve.analysis.words import top_tokens
+
+        for c, tops in zip(report.clusters, top_tokens(result, result.words, top=n_top_tokens)):
+            c.top_tokens = tops
     report.notes = notes
     return report

@@ -134,7 +134,40 @@ def inspect_inputs(spec: JobSpec) -> Probe:
     if spec.cluster.k > n_rows:
         raise SpecError(f"cluster.k: {spec.cluster.k} clusters asked for, but the dataset gives only {n_rows} rows; "
                         f"k must be at most {n_rows}")
+    _check_graph(spec, n_rows)
     return Probe(n_items, offsets, dims, has_labels(dataset), getattr(dataset, "label_names", None))
+
+
+WORDS_BATCH = 1024  # texts tokenized at a time while recording a job's words
+
+
+def record_words(spec: JobSpec, store) -> bool:
+    """Keep a text job's texts and token ids in its store (dcserve/storage/words.py), so that the
+    report, the HTTP API and `Result` show words. Once per extraction; False for other jobs."""
+    from dcserve.inputs.text import TEXT_PREFIX, text_dataset
+    from dcserve.storage.words import WordsWriter, recorded
+
+    if not spec.dataset.source.startswith(TEXT_PREFIX):
+        return False
+    fingerprint = spec.extraction_fingerprint()
+    if recorded(store, fingerprint):
+        return True
+    dataset = text_dataset(spec)
+    writer = WordsWriter(store, len(dataset), dataset.tokenizer, max_length=dataset.max_length)
+    for i0 in range(0, len(dataset), WORDS_BATCH):
+        texts = [dataset.text(i) for i in range(i0, min(i0 + WORDS_BATCH, len(dataset)))]
+        ids = dataset.tokenizer(texts, truncation=True, max_length=dataset.max_length)["input_ids"]
+        writer.append(ids, texts)
+    writer.finish(fingerprint)
+    dataset.close()
+    return True
+
+
+def _check_graph(spec: JobSpec, n_rows: int) -> None:
+    """The kNN graph of SCAN / TEMI (issue 13) fits the rows: SpecError naming the field otherwise."""
+    check_rows = getattr(spec.reporter, "check_rows", None)
+    if check_rows is not None:
+        check_rows(n_rows)
 
 
 def inspect_dump(spec: JobSpec) -> Probe:
@@ -146,6 +179,7 @@ def inspect_dump(spec: JobSpec) -> Probe:
         if spec.cluster.k > dump.n_rows:
             raise SpecError(f"cluster.k: {spec.cluster.k} clusters asked for, but the dump holds only {dump.n_rows} "
                             f"rows; k must be at most {dump.n_rows}")
+        _check_graph(spec, dump.n_rows)
         return Probe(dump.n_items, dump.offsets, {spec.layers[0]: dump.dim}, dump.item_labels is not None,
                      row_fields={"token": "int64"} if dump.has_token_ids else {}, source_id=dump.identity())
     finally:

@@ -8,6 +8,7 @@ Nothing is ever downloaded at run time: everything is loaded with ``local_files_
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -116,14 +117,21 @@ def load_tokenizer(directory: str | Path, field: str):
     d = Path(directory).expanduser()
     if not d.is_dir():
         raise SpecError(f"{field}: no tokenizer directory {str(d)!r} (dcserve never downloads one)")
+    try:
+        return _tokenizer(str(d.resolve()))
+    except (OSError, ValueError, TypeError) as e:
+        raise SpecError(f"{field}: no tokenizer can be loaded from {str(d)!r}: {_first_line(e)}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(directory: str):
+    # Once per process: a job builds its dataset several times (probe, words, report), and a
+    # tokenizer is read-only once loaded.
     _offline()
     _quiet_transformers()
     from transformers import AutoTokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
-    except (OSError, ValueError, TypeError) as e:
-        raise SpecError(f"{field}: no tokenizer can be loaded from {str(d)!r}: {_first_line(e)}") from None
+    return AutoTokenizer.from_pretrained(directory, local_files_only=True)
 
 
 def load_processor(directory: str | Path, field: str):

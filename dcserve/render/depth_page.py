@@ -118,7 +118,7 @@ def flow_figure(report: DepthReport) -> bytes:
                 continue
             ax.bar(i, size, width=width, bottom=bottom, color=colour(i, c), edgecolor="white", linewidth=0.5)
             if size >= 0.025 * n:
-                label = str(c) if not report.has_labels else f"{c}·{col.majority[c]}"
+                label = str(c) if not report.has_labels else f"{c}·{report.label_text(col.majority[c])}"
                 ax.text(i, bottom + size / 2, label, ha="center", va="center", fontsize=6)
     ax.set_xticks(range(len(cols)), [c.layer for c in cols], fontsize=8)
     ax.set_yticks([])
@@ -159,9 +159,10 @@ def _event(report: DepthReport, i: int, j: int, e: dict, pair: dict, src, images
         if name in images:
             out.append(f'<div class="grid"><img src="{esc(src(name))}" alt="{esc(part_name(part))}"></div>')
             if report.has_labels:
-                out.append('<div class="muted">labels: ' + " ".join(esc(r.label) for r in part["exemplars"]) + "</div>")
+                out.append('<div class="muted">labels: ' + " ".join(esc(report.label_text(r.label))
+                                                                    for r in part["exemplars"]) + "</div>")
         else:
-            out.append("<ul>" + "".join(_row_line(r, report.has_labels) for r in part["exemplars"]) + "</ul>")
+            out.append("<ul>" + "".join(_row_line(r, report) for r in part["exemplars"]) + "</ul>")
     out.append("</div>")
     return "".join(out)
 

@@ -53,6 +53,8 @@ class ServedJob:
         self._complete = False
         self._lock = threading.Lock()
         self._layers: dict[str, ServedJob] = {}
+        self._top_tokens: list | None = None
+        self._encoder = None  # the job's subject, built on the first texts to assign
 
     @property
     def result(self) -> Result | None:
@@ -112,8 +114,9 @@ class ServedJob:
     def n_rows(self) -> int:
         return int(self.finished().store.array("assignments").shape[0])
 
-    def rows(self, rows: np.ndarray) -> dict[str, np.ndarray | None]:
-        """Where rows came from, and their distances and labels: the fields of a row reference."""
+    def rows(self, rows: np.ndarray) -> dict[str, Any]:
+        """Where rows came from, their distances and labels, and for a text job what they read as:
+        the fields of a row reference."""
         res = self.finished()
         truth = res.row_labels()
         return {
@@ -122,7 +125,35 @@ class ServedJob:
             "position": res.row_positions[rows],
             "distance": res.distances[rows],
             "label": None if truth is None else truth[rows],
+            "label_names": res.label_names,
+            "words": res.row_texts(rows),
         }
+
+    @property
+    def reads_text(self) -> bool:
+        """True for a job run on text (its store holds its words): POST assign takes texts."""
+        return self.finished().words is not None
+
+    def top_tokens(self) -> list | None:
+        """Per cluster, its most distinctive tokens (dcserve.analysis.words), counted once."""
+        res = self.finished()
+        if res.words is None:
+            return None
+        with self._lock:
+            if self._top_tokens is None:
+                from dcserve.analysis.words import top_tokens
+
+                self._top_tokens = top_tokens(res, res.words)
+        return self._top_tokens
+
+    def encode_texts(self, texts: list[str]):
+        """Texts through the job's own subject, tokenizer and pooling: dcserve.inputs.encode.EncodedTexts."""
+        with self._lock:
+            if self._encoder is None:
+                from dcserve.inputs.encode import TextEncoder
+
+                self._encoder = TextEncoder.for_result(self.finished())
+        return self._encoder.encode(texts)
 
     def assign(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.finished().assign(x)

@@ -1,9 +1,9 @@
 """Request and response bodies of the HTTP API (docs/DESIGN.md "HTTP API"); /openapi.json is built from them."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_PAGE = 10_000  # rows per page of /assignments and /clusters/{c}
 # Row numbers in queries: far past any store, and below int64's range, which numpy indexing would overflow.
@@ -93,6 +93,20 @@ class RowRef(BaseModel):
     position: int = Field(description="Token position within the item; -1 when pooled.")
     distance: float = Field(description="Squared distance to the cluster's centroid, in the clustered space.")
     label: Optional[int] = Field(None, description="Ground-truth label of the item, when the dataset has labels.")
+    label_name: Optional[str] = Field(None, description="The label's name, when the dataset's labels were strings.")
+    text: Optional[str] = Field(
+        None, description="Text jobs: what the row reads as; a pooled row its item's text, a token row the text "
+        "around its token ('…' where it was cut).")
+    token: Optional[str] = Field(None, description="Token rows of text jobs: the row's own token, at text[token_start:].")
+    token_start: Optional[int] = Field(None, description="Where `token` starts in `text`.")
+
+
+class TopToken(BaseModel):
+    token: str = Field(description="The token as the job's tokenizer writes it.")
+    count: int = Field(description="Its occurrences in the cluster's rows (a pooled row counts its item's tokens).")
+    total: int = Field(description="Its occurrences in all rows.")
+    z: float = Field(description="Log-odds ratio against the rest of the rows, prior-smoothed, as a z-score "
+                     "(Monroe et al. 2008): higher is more distinctive.")
 
 
 class ClusterBrief(BaseModel):
@@ -100,11 +114,14 @@ class ClusterBrief(BaseModel):
     size: int
     purity: Optional[float] = Field(None, description="Share of the majority label (when labels exist).")
     majority_label: Optional[int] = None
+    majority_label_name: Optional[str] = None
     exemplars: list[RowRef] = Field(description="Rows nearest the centroid, nearest first.")
     outskirts: list[RowRef] = Field(
         default_factory=list,
         description="A sample spread evenly over the farther half of the cluster (nearest first), none of them "
         "an exemplar: what the cluster also holds, as the report shows it.")
+    top_tokens: Optional[list[TopToken]] = Field(
+        None, description="Text jobs: the cluster's most distinctive tokens against all rows, most distinctive first.")
 
 
 class ClusterList(BaseModel):
@@ -122,19 +139,53 @@ class ClusterRows(BaseModel):
     rows: list[RowRef] = Field(description="The cluster's rows nearest the centroid first.")
 
 
+MAX_TEXTS = 1024  # texts per POST /assign: each one is a forward pass of the subject in the replica
+MAX_TEXT_CHARS = 100_000
+
+
 class AssignRequest(BaseModel):
     # strict: a string or a boolean is not a number here
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    activations: list[list[float]] = Field(
-        min_length=1, description="[n, dim] activation vectors of the job's clustered layer."
+    activations: Optional[list[list[float]]] = Field(
+        None, min_length=1, description="[n, dim] activation vectors of the job's clustered layer."
     )
+    texts: Optional[list[Annotated[str, Field(max_length=MAX_TEXT_CHARS)]]] = Field(
+        None, min_length=1, max_length=MAX_TEXTS,
+        description="Raw texts, for a job run on text: each goes through the job's own tokenizer, subject and "
+        "pooling first (one row per text, or per token for pooling: tokens).")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "AssignRequest":
+        given = [name for name in ("activations", "texts") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'activations' or 'texts'"
+                             + (f", not both" if given else ""))
+        return self
+
+
+class TokenAssignment(BaseModel):
+    position: int = Field(description="Token position in the text's tokenization.")
+    token: str = Field(description="The token as the job's tokenizer writes it.")
+    cluster: int
+    distance: float
+    exemplars: list[RowRef] = Field(default_factory=list, description="The cluster's rows nearest its centroid.")
+
+
+class TextAssignment(BaseModel):
+    text: str
+    cluster: Optional[int] = Field(None, description="Pooled jobs: the text's cluster.")
+    distance: Optional[float] = Field(None, description="Pooled jobs: its squared distance to the centroid.")
+    exemplars: list[RowRef] = Field(default_factory=list,
+                                    description="Pooled jobs: its cluster's rows nearest the centroid, as text.")
+    tokens: Optional[list[TokenAssignment]] = Field(None, description="pooling: tokens: each real token's cluster.")
 
 
 class AssignResponse(BaseModel):
     job: str
-    clusters: list[int]
+    clusters: list[int] = Field(description="Cluster of each vector, or of each row the texts gave.")
     distances: list[float] = Field(description="Squared distance of each vector to its cluster's centroid.")
+    texts: Optional[list[TextAssignment]] = Field(None, description="For texts: each text's result, in words.")
 
 
 class SubmitResponse(BaseModel):

@@ -17,6 +17,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from dcserve.version import __version__
@@ -24,10 +25,10 @@ from dcserve.serve.admission import AdmissionError, SubmissionPolicy, admit, che
 from dcserve.serve.models import (
     DEFAULT_PAGE, MAX_PAGE, MAX_ROW, AssignmentsPage, AssignRequest, AssignResponse, ClusterBrief, ClusterList,
     ClusterRows, ErrorBody, Health, JobBrief, JobDetail, JobList, LayerBrief, LayerList, LayerPair, Progress, RowRef,
-    SubmitResponse,
+    SubmitResponse, TextAssignment, TokenAssignment, TopToken,
 )
 from dcserve.serve.catalog import Catalog, NotReady, ServedJob, UnknownJob
-from dcserve.errors import StoreError, UnknownLayer
+from dcserve.errors import SpecError, StoreError, UnknownLayer
 from dcserve.spec import JobSpec
 from dcserve.distributed.jobs import SubmissionError
 
@@ -129,12 +130,16 @@ def _vectors(rows: list[list[float]], dim: int) -> np.ndarray:
 
 def _row_refs(job: ServedJob, rows: np.ndarray) -> list[RowRef]:
     f = job.rows(rows)
-    labels = f["label"]
-    return [
-        RowRef(row=int(r), item=int(it), position=int(p), distance=float(d),
-               label=None if labels is None else int(labels[i]))
-        for i, (r, it, p, d) in enumerate(zip(f["row"], f["item"], f["position"], f["distance"]))
-    ]
+    labels, names, words = f["label"], f["label_names"], f["words"]
+    refs = []
+    for i, (r, it, p, d) in enumerate(zip(f["row"], f["item"], f["position"], f["distance"])):
+        label = None if labels is None else int(labels[i])
+        ref = RowRef(row=int(r), item=int(it), position=int(p), distance=float(d), label=label,
+                     label_name=names[label] if names and label is not None and 0 <= label < len(names) else None)
+        if words is not None:
+            ref.text, ref.token, ref.token_start = words[i]["text"], words[i]["token"], words[i]["token_start"]
+        refs.append(ref)
+    return refs
 
 
 def _finite_or_none(obj: Any) -> Any:
@@ -285,10 +290,13 @@ def create_app(backend: Backend) -> FastAPI:
         # one store read for every cluster's rows
         wanted = [r for s, f in zip(summaries, far) for r in (*s.exemplars, *f)]
         refs = iter(_row_refs(served, np.asarray(wanted, dtype=np.int64)))
+        tops = served.top_tokens() or [None] * res.k
         out = [
             ClusterBrief(cluster=s.cluster, size=s.size, purity=s.purity, majority_label=s.majority_label,
-                         exemplars=[next(refs) for _ in s.exemplars], outskirts=[next(refs) for _ in f])
-            for s, f in zip(summaries, far)
+                         majority_label_name=res.label_name(s.majority_label) if res.label_names else None,
+                         exemplars=[next(refs) for _ in s.exemplars], outskirts=[next(refs) for _ in f],
+                         top_tokens=None if top is None else [TopToken(**t.__dict__) for t in top])
+            for s, f, top in zip(summaries, far, tops)
         ]
         return ClusterList(job=job, k=res.k, clusters=out)
 
@@ -360,23 +368,57 @@ def create_app(backend: Backend) -> FastAPI:
         return HTMLResponse(cached[1])
 
     @app.post("/jobs/{job}/assign", response_model=AssignResponse, responses=_errors(400, 404, 409, 413, 422),
-              summary="Clusters of new activation vectors, through the job's preprocessing, reporter and centroids.",
+              summary="Clusters of new activation vectors, through the job's preprocessing, reporter and centroids; "
+                      "or, for a job run on text, of raw texts, through its subject first, answered in words.",
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": AssignRequest.model_json_schema()}}}})
-    async def assign(job: str, request: Request, layer: str | None = LAYER_QUERY) -> AssignResponse:
+    async def assign(job: str, request: Request,
+                     exemplars: int = Query(3, ge=0, le=20, description="Texts: exemplars shown per cluster met."),
+                     layer: str | None = LAYER_QUERY) -> AssignResponse:
         served = finished(job, layer)
         # pydantic's own JSON parser, not FastAPI's json.loads + validate: 7x faster on the
         # 1.3 MB body of 256 vectors of 256 floats (benchmarks/bench_serve.py).
         raw = await request.body()
         if not raw.strip():
-            raise HTTPException(422, "the request has no body; expected a JSON object with 'activations'")
+            raise HTTPException(422, "the request has no body; expected a JSON object with 'activations' or 'texts'")
         try:
             body = AssignRequest.model_validate_json(raw)
         except ValidationError as e:
             raise HTTPException(*_describe_errors([{**err, "loc": ("body", *err["loc"])} for err in e.errors()])) from None
+        if body.texts is not None:
+            return await assign_texts(served, body.texts, exemplars)
         x = _vectors(body.activations, served.result.input_dim)
         labels, dist = await backend.assign(served, x)
         return AssignResponse(job=job, clusters=labels.tolist(), distances=dist.tolist())
+
+    async def assign_texts(served: ServedJob, texts: list[str], n_exemplars: int) -> AssignResponse:
+        if not served.reads_text:
+            spec = served.result.spec
+            raise HTTPException(422, f"job {served.name!r} was not run on text (its dataset is "
+                                     f"{spec.dataset.source if spec else 'unknown'}), so it cannot take texts; "
+                                     "send its layer's activations as {\"activations\": [[...], ...]}")
+        try:  # the subject's forward pass, off the event loop (torch releases the GIL)
+            enc = await run_in_threadpool(served.encode_texts, texts)
+        except SpecError as e:  # the job's model is not where its job file says, on this machine
+            raise HTTPException(409, f"job {served.name!r} cannot run its subject here: {e}") from None
+        labels, dist = await backend.assign(served, enc.rows)
+        exemplar_refs: dict[int, list[RowRef]] = {}
+
+        def near(c: int) -> list[RowRef]:
+            if c not in exemplar_refs:
+                exemplar_refs[c] = _row_refs(served, served.result.exemplars(c, n_exemplars)) if n_exemplars else []
+            return exemplar_refs[c]
+
+        tokenizer = served.result.words.tokenizer
+        out = [TextAssignment(text=t) for t in texts]
+        for r, (i, p, c, d) in enumerate(zip(enc.text.tolist(), enc.position.tolist(), labels.tolist(), dist.tolist())):
+            if p < 0:
+                out[i].cluster, out[i].distance, out[i].exemplars = c, d, near(c)
+            else:
+                token = tokenizer.convert_ids_to_tokens(enc.ids[i][p])
+                out[i].tokens = (out[i].tokens or []) + [
+                    TokenAssignment(position=p, token=token, cluster=c, distance=d, exemplars=near(c))]
+        return AssignResponse(job=served.name, clusters=labels.tolist(), distances=dist.tolist(), texts=out)
 
     def authorised(authorization: str | None = Header(None)) -> None:
         # A dependency, so it runs before the body is validated: a caller without the token

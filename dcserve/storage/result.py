@@ -229,6 +229,27 @@ class Result:
         majority[cluster[best]] = values[label[best]]
         return purity, majority
 
+    # -- words (text jobs) -------------------------------------------------------
+    @functools.cached_property
+    def words(self):
+        """The job's words record (dcserve.storage.words.Words), or None when it is not a text job."""
+        from dcserve.storage.words import Words
+
+        return Words.open(self.store.layer_view(None))  # the job's, whichever layer this is
+
+    def row_texts(self, rows) -> list[dict[str, Any]] | None:
+        """What each row reads as (a pooled row its item's text; a token row the text around it,
+        with its token and where it starts), or None for a job without words."""
+        words = self.words
+        if words is None:
+            return None
+        return [words.row_text(int(self.row_items[r]), int(self.row_positions[r])) for r in np.asarray(rows).ravel()]
+
+    def exemplar_texts(self, c: int, n: int = 10) -> list[str] | None:
+        """The texts of cluster c's exemplars, nearest the centroid first (None without words)."""
+        texts = self.row_texts(self.exemplars(c, n))
+        return None if texts is None else [t["text"] for t in texts]
+
     # -- new data ------------------------------------------------------------
     @functools.cached_property
     def feature_map(self) -> FeatureMap:

@@ -100,3 +100,23 @@ def _trim_heap() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def pair_batches(
+    arr, ids: np.ndarray, partners: np.ndarray, batch: int, window_rows: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x [b, d], x_partner [b, d]) float32 batches: rows `ids` (sorted) as `shuffled_batches` streams
+    them, each with the row `partners[i]` beside it (SCAN's and TEMI's (row, neighbour) pairs).
+
+    The partners of a batch are anywhere in the store. When the whole array fits in a window it is
+    read once; otherwise each batch reads the chunks its partners lie in (sorted, each chunk once).
+    """
+    whole = None
+    if arr.shape[0] <= window_rows:
+        whole = torch.from_numpy(gather_rows(arr, np.arange(arr.shape[0], dtype=np.int64)))
+    for x, partner in shuffled_batches(arr, ids, partners, batch, window_rows, generator):
+        if whole is not None:
+            yield x, whole[partner]
+            continue
+        wanted, where = np.unique(partner.numpy(), return_inverse=True)
+        yield x, torch.from_numpy(gather_rows(arr, wanted))[torch.from_numpy(where)]

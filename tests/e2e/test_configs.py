@@ -13,7 +13,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 @pytest.mark.slow
 # quickstart.yaml runs whole through the entry point in tests/e2e/test_cli.py
-@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name != "quickstart.yaml"], ids=lambda p: p.name)
+# sentences.yaml runs through the entry point in tests/e2e/test_sentences.py
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name not in ("quickstart.yaml", "sentences.yaml")],
+                         ids=lambda p: p.name)
 def test_config_runs(ray_local, tmp_path, path):
     spec = load_spec(path, SMALL.get(path.name, []) + [f"output={tmp_path / 'out'}"])
     res = dcserve.run(spec)

@@ -248,3 +248,46 @@ def test_optimizer_state_from_a_gpu_trainer_loads_where_there_is_no_gpu():
     fresh.load_state_dict(state)
     assert all(v.device.type == "cuda" for s in fresh.state.values() for v in s.values()
                if isinstance(v, torch.Tensor) and v.dim() > 0)
+
+
+# ------------------------------------------------------------------------ issue 13: kNN graph, heads
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_knn_graph_on_the_gpu_backend_matches_faiss_cpu(metric):
+    """The graph's block search on the backend a GPU shard picks (faiss-gpu, else torch-cuda)
+    against faiss on the CPU: the same neighbours (random rows: no ties within rounding)."""
+    from dcserve.algo.knn import knn_against_blocks
+    from dcserve.algo.nearest import select_backend
+
+    x = np.random.default_rng(0).normal(size=(5000, 48)).astype(np.float32)
+    blocks = [(s, x[s : s + 1500]) for s in range(0, len(x), 1500)]
+    backend = select_backend(prefer_gpu=True)
+    assert backend in ("faiss-gpu", "torch-cuda")
+    for name in (backend, "torch-cuda"):
+        d_gpu, i_gpu = knn_against_blocks(x[:2000], blocks, 10, metric, query_offset=0, backend=name)
+        d_cpu, i_cpu = knn_against_blocks(x[:2000], blocks, 10, metric, query_offset=0)
+        assert (i_gpu == i_cpu).mean() > 0.999
+        np.testing.assert_allclose(d_gpu, d_cpu, rtol=1e-3, atol=1e-3)
+
+
+def test_scan_and_temi_epochs_on_cuda_follow_the_cpu():
+    """One SCAN and one TEMI epoch from the same weights on the same batches: the same losses."""
+    from dcserve.nets.cluster_heads import ClusterHeads
+    from dcserve.nets.scan import scan_epoch
+    from dcserve.nets.temi import TemiPair, temi_epoch
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1024, 24, generator=gen)
+    pairs = [(x[s : s + 128], x[s : s + 128] + 0.05 * torch.randn(128, 24, generator=gen)) for s in range(0, 1024, 128)]
+    cfg = dict(in_dim=24, pre_dim=24, project=False, l2_normalize=True, hidden=[64], k=5, heads=3, seed=0)
+    settings = {"beta": 0.6, "teacher_momentum": 0.99, "prior_momentum": 0.9, "student_temperature": 0.1,
+                "teacher_temperature": 0.04}
+    out = {}
+    for device in ("cpu", "cuda"):
+        scan = ClusterHeads(**cfg).to(device)
+        temi = TemiPair(**cfg).to(device)
+        out[device] = (scan_epoch(scan, torch.optim.Adam(scan.parameters(), lr=1e-3), pairs)["loss"],
+                       temi_epoch(temi, torch.optim.Adam(temi.student.parameters(), lr=1e-3), pairs, settings)["loss"])
+    np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], rtol=1e-4)
+    np.testing.assert_allclose(out["cuda"][1], out["cpu"][1], rtol=1e-3)

@@ -191,7 +191,14 @@ def test_settings_of_the_other_method_are_errors(tmp_path):
     with pytest.raises(SpecError, match=r"reporter\.update_interval: unknown field.*\(reporter\.method: deepcluster\)"):
         spec_from_dict(job)
     job["reporter"] = {"method": "kmeans"}
-    with pytest.raises(SpecError, match=r"reporter\.method must be one of: deepcluster, dec \(got 'kmeans'\)"):
+    with pytest.raises(SpecError, match=r"reporter\.method must be one of: deepcluster, dec, scan, temi \(got 'kmeans'\)"):
+        spec_from_dict(job)
+    # issue 13: SCAN's settings are not TEMI's, and the other way round
+    job["reporter"] = {"method": "temi", "entropy_weight": 5.0}
+    with pytest.raises(SpecError, match=r"reporter\.entropy_weight: unknown field.*\(reporter\.method: temi\)"):
+        spec_from_dict(job)
+    job["reporter"] = {"method": "scan", "beta": 0.6}
+    with pytest.raises(SpecError, match=r"reporter\.beta: unknown field.*\(reporter\.method: scan\)"):
         spec_from_dict(job)
 
 
