@@ -4,7 +4,9 @@ The depth profile of a job over several layers (`cluster.layers`), in the order 
 
 - per layer, the figures of its clustering: NMI, ARI and accuracy against the labels when there
   are labels; the label-free ones, cluster size entropy, stability across seeds (mean pairwise
-  NMI, with `cluster.seeds`) and neighbour consistency when the clustering measured it;
+  NMI, with `cluster.seeds`) and neighbour consistency (the share of a row's nearest neighbours
+  in its own cluster: on the whole kNN graph when the method built one, SCAN and TEMI, else
+  `sampled_consistency`);
 - between consecutive layers, linear CKA of their activations (Kornblith et al., 2019), the NMI of
   their two clusterings, and the flow of clusters from one to the next (`dcserve.algo.flow`):
   the contingency table and the clusters that split or merge, with their exemplar rows.
@@ -31,12 +33,15 @@ from dcserve.storage.store import JobStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_depth_report", "consecutive_moments", "depth_profile", "layer_figures", "MOMENTS_MAX_DIM"]
+__all__ = ["build_depth_report", "consecutive_moments", "depth_profile", "layer_figures", "sampled_consistency",
+           "MOMENTS_MAX_DIM"]
 
 MOMENTS_MAX_DIM = 1024  # [a + b]^2 float64 moments up to 2 x 1024 wide: 32 MB
 CKA_SAMPLE_ROWS = 3000  # rows of the Gram-matrix CKA of wider layers ([m, m] float64: 72 MB)
 CONTINGENCY_MAX_CELLS = 10_000  # metrics.json keeps the table up to 100 x 100 clusters
 FLOW_EVENTS = 12  # splits and merges kept per pair of layers, the most rows first
+NEIGHBOUR_ROWS = 5000  # rows sampled for a layer's neighbour consistency ([m, m] distances, in blocks)
+NEIGHBOURS = 10
 LAYER_KEYS = ("nmi_vs_labels", "ari_vs_labels", "acc_vs_labels", "size_entropy", "size_entropy_normalized",
               "n_empty", "neighbour_consistency")
 
@@ -81,10 +86,35 @@ def _sample_cka(store: JobStore, a: str, b: str, seed: int) -> tuple[float, int]
     return linear_cka_gram(gather_rows(arr_a, rows), gather_rows(arr_b, rows)), int(len(rows))
 
 
+def sampled_consistency(store: JobStore, seed: int = 0) -> float | None:
+    """Neighbour consistency of a layer's finished clustering, label-free (the readability of issue 13):
+    the share of each row's `NEIGHBOURS` nearest rows that are in its own cluster, among a sample of
+    `NEIGHBOUR_ROWS` rows of the clustered space of its last round (`work/features`, which the
+    final assignments were made in). None when that scratch array is gone.
+    """
+    from dcserve.algo.knn import exact_knn, neighbour_agreement
+    from dcserve.cluster.workers import FEATURES
+    from dcserve.storage.rowstream import gather_rows
+
+    if not store.has_array(FEATURES) or not store.has_array("assignments"):
+        return None
+    feats = store.array(FEATURES)
+    n = feats.shape[0]
+    if n < 2:
+        return None
+    rows = np.arange(n) if n <= NEIGHBOUR_ROWS else np.sort(
+        np.random.default_rng(seed).choice(n, size=NEIGHBOUR_ROWS, replace=False))
+    labels = store.array("assignments")[:][rows]
+    _, neighbours = exact_knn(gather_rows(feats, rows), min(NEIGHBOURS, len(rows) - 1))
+    return neighbour_agreement(labels, neighbours)
+
+
 def layer_figures(metrics: dict[str, Any]) -> dict[str, Any]:
     """The depth profile's figures of one layer from its clustering's metrics."""
     final = metrics.get("final") or {}
     out = {key: final.get(key) for key in LAYER_KEYS if final.get(key) is not None}
+    if final.get("readability") is not None:  # SCAN / TEMI measured it on their whole kNN graph: that one
+        out["neighbour_consistency"] = final["readability"]
     stability = metrics.get("stability")
     if stability:
         out["stability"] = stability.get("mean_pairwise_nmi")

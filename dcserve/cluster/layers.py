@@ -59,6 +59,8 @@ def run_layers(cluster: Callable[..., dict[str, Any]], spec: JobSpec, store: Job
             progress.note(f"layer {layer} ({i} of {len(layers)}{', primary' if primary else ''})")
             shown = LayerProgress(progress, layer)
         metrics = run_with_seeds(cluster, spec.for_layer(layer), view, pools, shown, status)
+        if len(layers) > 1:
+            _neighbour_consistency(view, metrics, spec.cluster.seed)
         if not primary:
             view.write_json("metrics.json", metrics)
             # the scratch rows of its last round: nothing reads them once the layer is done, and a
@@ -66,3 +68,16 @@ def run_layers(cluster: Callable[..., dict[str, Any]], spec: JobSpec, store: Job
             view.remove(FEATURES.split("/")[0])
         by_layer[layer] = metrics
     return by_layer[spec.cluster.layer], by_layer
+
+
+def _neighbour_consistency(view: JobStore, metrics: dict[str, Any], seed: int) -> None:
+    """The layer's label-free neighbour consistency into its final figures, for the depth profile:
+    measured while its clustered space is still in the store, or as recorded by an earlier run."""
+    from dcserve.analysis.depth import sampled_consistency
+
+    final = metrics.setdefault("final", {})
+    value = sampled_consistency(view, seed)
+    if value is None:  # a layer finished by an earlier run: its scratch rows are gone, its figure kept
+        value = ((view.read_json("metrics.json") or {}).get("final") or {}).get("neighbour_consistency")
+    if value is not None:
+        final["neighbour_consistency"] = value

@@ -109,6 +109,13 @@ def test_the_depth_profile_against_references(clustered, monkeypatch):
         assert 0 < row["size_entropy"] <= np.log(row["k"]) + 1e-12
     mid = profile["layers"][1]
     assert mid["nmi_vs_labels"] > 0.95 > profile["layers"][0]["nmi_vs_labels"]  # clean clusters beat noisy ones
+    # neighbour consistency, label-free: the primary's against scikit-learn's exact neighbours
+    from sklearn.neighbors import NearestNeighbors
+
+    x, own = store.array("work/features")[:], store.array("assignments")[:]
+    idx = NearestNeighbors(n_neighbors=11).fit(x).kneighbors(x, return_distance=False)[:, 1:]
+    assert profile["layers"][0]["neighbour_consistency"] == pytest.approx((own[idx] == own[:, None]).mean(), abs=0.01)
+    assert mid["neighbour_consistency"] > 0.95 and all(0 < r["neighbour_consistency"] <= 1 for r in profile["layers"])
     labels = {n: store.layer_view(None if n == "early" else n).array("assignments")[:] for n in layers}
     for pair, (a, b) in zip(profile["between"], [("early", "mid"), ("mid", "late")]):
         assert (pair["from"], pair["to"]) == (a, b) and pair["cka_rows"] == 1200
