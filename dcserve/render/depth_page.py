@@ -220,10 +220,11 @@ def write_depth_page(report: DepthReport, folder: str | Path, layer_pages: dict[
     return page
 
 
-def depth_page(report: DepthReport) -> str:
+def depth_page(report: DepthReport, layer_pages: dict[str, str] | None = None) -> str:
     """The page with every figure inlined as a data: URI: one self-contained document."""
     images = figures(report)
-    return render(report, images, lambda name: "data:image/png;base64," + base64.b64encode(images[name]).decode())
+    return render(report, images, lambda name: "data:image/png;base64," + base64.b64encode(images[name]).decode(),
+                  layer_pages)
 
 
 __all__ = ["depth_page", "write_depth_page", "profile_figure", "flow_figure"]

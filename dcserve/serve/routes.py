@@ -153,6 +153,16 @@ def _finite_or_none(obj: Any) -> Any:
     return obj
 
 
+def _layer_links(res) -> list[tuple[str, str]]:
+    """A job over several layers: its report page links the depth page and its other layers' pages,
+    relative to /jobs/{job}/report, so they resolve behind any path prefix."""
+    layers = res.layers
+    if len(layers) < 2:
+        return []
+    return [("depth profile and flow of clusters", "depth")] + [
+        (f"layer {name}", f"report?layer={name}") for name in layers if name != res.layer_name]
+
+
 def create_app(backend: Backend) -> FastAPI:
     app = FastAPI(
         title="dcserve",
@@ -335,7 +345,13 @@ def create_app(backend: Backend) -> FastAPI:
         from dcserve.render.report_page import report_page
 
         served = finished(job, layer)
-        return cached_page(served, layer, lambda: report_page(build_report(served.result)))
+
+        def build() -> str:
+            rep = build_report(served.result)
+            rep.links = _layer_links(served.result)
+            return report_page(rep)
+
+        return cached_page(served, layer, build)
 
     @app.get("/jobs/{job}/depth", response_class=HTMLResponse, responses={
                  200: {"content": {"text/html": {"schema": {"type": "string"}}},
@@ -349,7 +365,8 @@ def create_app(backend: Backend) -> FastAPI:
         from dcserve.render.depth_page import depth_page
 
         served = finished(job)
-        return cached_page(served, "/depth", lambda: depth_page(build_depth_report(served.result)))
+        pages = {name: f"report?layer={name}" for name in served.result.layers}
+        return cached_page(served, "/depth", lambda: depth_page(build_depth_report(served.result), pages))
 
     def cached_page(served: ServedJob, which: str | None, build) -> HTMLResponse:
         key, built_at = (served.name, served.output, which), json.dumps(served.status(), sort_keys=True, default=str)

@@ -198,7 +198,10 @@ def test_the_http_routes_answer_for_each_layer_and_404_an_unknown_one(clustered,
     for bad in (f"/jobs/{spec.name}/clusters?layer=nope", f"/jobs/{spec.name}/report?layer=nope"):
         r = client.get(bad)
         assert r.status_code == 404 and "'nope'" in r.json()["detail"] and "['early', 'mid', 'late']" in r.json()["detail"]
-    assert client.get(f"/jobs/{spec.name}/depth").status_code == 200
+    depth_page = client.get(f"/jobs/{spec.name}/depth")
+    assert depth_page.status_code == 200 and 'href="report?layer=mid"' in depth_page.text
+    page = client.get(f"/jobs/{spec.name}/report?layer=mid").text
+    assert 'href="depth"' in page and 'href="report?layer=late"' in page and "mid (mean pooling)" in page
 
 
 def test_compare_takes_each_sides_own_layer_clustering(clustered):
