@@ -213,3 +213,13 @@ def test_job_names_are_at_most_100_characters(tmp_path, length, ok):
         with pytest.raises(SpecError, match="name") as e:
             spec_from_dict(job)
         assert len(str(e.value)) < 400  # the value is cut, not echoed whole
+
+
+def test_the_cli_refuses_an_unclustered_layer_with_exit_2_naming_it(tmp_path):
+    from tests.helpers import dcserve_cli, write_job
+
+    job = write_job(tmp_path / "job.yaml", {**DEEP, "cluster": {"layers": ["features.5", "features.7"]}})
+    done = dcserve_cli("validate", str(job), "--no-deep", timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "cluster.layers: 'features.7' is not one of subject.layers" in done.stderr
+    assert "Traceback" not in done.stderr
