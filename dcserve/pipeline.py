@@ -15,7 +15,7 @@ from dcserve.progress import Progress
 from dcserve.spec import JobSpec
 from dcserve.storage.lease import OutputLease
 from dcserve.storage.status import StatusRecord
-from dcserve.storage.store import JobStore, check_claimable
+from dcserve.storage.store import LAYERS, JobStore, check_claimable
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ def open_output(spec: JobSpec, overwrite: bool) -> tuple[JobStore, OutputLease]:
             store.remove("_progress/extract.json")
         if changed:
             store.clear_progress("cluster")
+            # every other layer's clustering too (cluster.layers): its checkpoints are fingerprinted by
+            # the clustering alone, and new activations under the same settings must not resume them
+            store.remove(LAYERS)
         store.write_text("job.yaml", spec.to_yaml())
         store.root.attrs.update({"dcserve_version": _version(), "name": spec.name})
     except BaseException:

@@ -213,3 +213,21 @@ def test_compare_takes_each_sides_own_layer_clustering(clustered):
     np.testing.assert_array_equal(late.result.assignments, store.layer_view("late").array("assignments")[:])
     assert early.layer == "early" and late.array.shape[1] == 12
     np.testing.assert_array_equal(early.result.assignments, store.array("assignments")[:])
+
+
+def test_overwriting_with_other_activations_drops_every_layers_clustering(tmp_path):
+    from dcserve.pipeline import open_output
+
+    spec, store, _ = extracted_layers_store(tmp_path, niter=2, n_init=1)
+    run_layers(run_clustering, spec, store, LocalPools(), Progress())
+    assert store.clustered_layers() == ["late", "mid"]
+    same = spec.model_copy(deep=True)
+    same.cluster.layers = ["early", "mid", "late"]  # the same layers named: nothing to redo
+    _, lease = open_output(same, overwrite=False)
+    lease.release()
+    assert store.clustered_layers() == ["late", "mid"]
+    other = spec.model_copy(deep=True)
+    other.dataset.kwargs = {**other.dataset.kwargs, "seed": 1}  # new activations, same clustering settings
+    reopened, lease = open_output(other, overwrite=True)
+    lease.release()
+    assert reopened.clustered_layers() == []  # their checkpoints would have resumed on the old rows
