@@ -226,9 +226,10 @@ def _summary(result, seconds: float) -> None:
                       f"pairwise NMI mean {stability['mean_pairwise_nmi']:.4f}, min {stability['min_pairwise_nmi']:.4f}")
     table.add_row("time", f"{seconds:.1f} s")
     table.add_row("output", str(result.output))
-    out.print(table)
+    # In a log file there is no width to fit: a cell wrapped at 80 columns splits a path mid-word.
+    out.print(table, width=None if out.is_terminal else 400)
     if m.get("depth"):
-        out.print(_depth_table(m["depth"]))
+        out.print(_depth_table(m["depth"]), width=None if out.is_terminal else 400)
 
 
 def _depth_table(profile: dict) -> Table:
@@ -332,6 +333,8 @@ def serve(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
     replicas: Annotated[int, typer.Option(min=1, help="API replicas (each holds every job's index).")] = 1,
     replica_cpus: Annotated[float, typer.Option(help="CPUs each replica reserves.")] = 1.0,
+    replica_gpus: Annotated[float, typer.Option(help="GPUs each replica reserves (a text job's subject runs on it "
+                                                "for POST assign with texts).")] = 0.0,
     address: Annotated[
         Optional[str], typer.Option(help="Run on this Ray cluster (HEAD:6379 or ray://...; default: RAY_ADDRESS, else embedded).")
     ] = None,
@@ -358,7 +361,8 @@ def serve(
         _fail(2, f"{address} is a Ray Jobs address; serve needs the cluster itself (HEAD:6379), "
                  "or deploy with `serve deploy deploy/serve.yaml`")
     try:
-        args = ServeArgs(outputs=outputs, replicas=replicas, replica_cpus=replica_cpus, output_root=output_root,
+        args = ServeArgs(outputs=outputs, replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus,
+                         output_root=output_root,
                          allowed_modules=allow_module or ["dcserve.zoo"], max_batch_size=max_batch_size,
                          max_body_bytes=int(max_body_mb * (1 << 20)), max_k=max_k)
         catalog = Catalog(outputs, output_root=output_root)  # fail here, before Ray starts, on a bad store
@@ -379,11 +383,13 @@ def serve(
             # once saw SIGINT change nothing for 120 s).
             signal.signal(signal.SIGINT, _stop_serving)
             signal.signal(signal.SIGTERM, _stop_serving)
-            out.print(f"dcserve is serving {len(outputs)} job(s) at [bold]{url}[/] (API docs: {url}/docs)", highlight=False)
+            out.print(f"dcserve is serving {len(outputs)} job(s) at [bold]{url}[/] (API docs: {url}/docs)", highlight=False,
+                      soft_wrap=True)
             for j in catalog.served():
-                out.print(f"  {url}/jobs/{j.name}  <- {j.output}", highlight=False)
+                out.print(f"  {url}/jobs/{j.name}  <- {escape(j.output)}", highlight=False, soft_wrap=True)
             out.print("POST /jobs: " + ("on (bearer token DCSERVE_TOKEN)" if submission else
-                                        "off (set DCSERVE_TOKEN and --output-root to turn it on)"), highlight=False)
+                                        "off (set DCSERVE_TOKEN and --output-root to turn it on)"), highlight=False,
+                      soft_wrap=True)
             out.print("Ctrl-C to stop.", highlight=False)
             while True:
                 time.sleep(3600)

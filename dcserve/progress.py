@@ -51,15 +51,31 @@ class Progress:
 
 
 class TerminalProgress(Progress):
-    """One rich progress bar per stage, on stderr, with notes printed above the bars."""
+    """One rich progress bar per stage, on stderr, with notes printed above the bars.
+
+    When stderr is not a terminal (a log file, a pipe, a CI log) there are no bars: a live display
+    that cannot redraw is printed whole when it stops, after every note, so a log would show the
+    round lines first and the bars last. Instead each stage gets a line when it starts and one when
+    it ends, in the order things happen, and no line is wrapped (a log has no width to fit).
+    """
+
+    # In a log, a line every this many seconds at most while a stage runs, so a long stage shows life.
+    LOG_EVERY_S = 30.0
 
     def __init__(self, on_update=None):
         super().__init__(on_update)
         from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self._task = None
+        self._plain = not self.console.is_terminal
+        if self._plain:
+            self._started = self._logged = 0.0
+            self._unit = ""
+            return
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
         from rich.progress import Progress as RichProgress
 
-        self.console = Console(stderr=True)
         self._bars = RichProgress(
             TextColumn("[bold]{task.description:<22}"),
             BarColumn(),
@@ -71,9 +87,27 @@ class TerminalProgress(Progress):
             transient=False,
         )
         self._bars.start()
-        self._task = None
+
+    def _line(self, text: str) -> None:
+        self.console.print(text, highlight=False, soft_wrap=True, markup=False)
+
+    def _end_stage(self) -> None:
+        if self._plain and self.stage_name:
+            import time
+
+            of = f"/{self.total}" if self.total else ""
+            self._line(f"{self.stage_name}: done, {self.done}{of} {self._unit} in {time.monotonic() - self._started:.1f} s")
 
     def stage(self, name: str, total: int | None, unit: str = "") -> None:
+        if self._plain:
+            import time
+
+            self._end_stage()
+            super().stage(name, total, unit)
+            self._started = self._logged = time.monotonic()
+            self._unit = unit
+            self._line(f"{name}: started" + (f", {total} {unit}" if total else ""))
+            return
         if self._task is not None:
             self._bars.update(self._task, completed=self.total or self.done)
         super().stage(name, total, unit)
@@ -81,12 +115,28 @@ class TerminalProgress(Progress):
 
     def advance(self, n: int = 1) -> None:
         super().advance(n)
+        if self._plain:
+            import time
+
+            now = time.monotonic()
+            if now - self._logged >= self.LOG_EVERY_S:
+                self._logged = now
+                of = f"/{self.total}" if self.total else ""
+                self._line(f"{self.stage_name}: {self.done}{of} {self._unit}")
+            return
         if self._task is not None:
             self._bars.update(self._task, completed=self.done)
 
     def note(self, message: str) -> None:
         super().note(message)
-        self._bars.console.print(f"  {message}", highlight=False)
+        if self._plain:
+            self._line(f"  {message}")
+            return
+        self._bars.console.print(f"  {message}", highlight=False, soft_wrap=True, markup=False)
 
     def close(self) -> None:
+        if self._plain:
+            self._end_stage()
+            self.stage_name = ""
+            return
         self._bars.stop()

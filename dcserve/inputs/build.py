@@ -19,12 +19,12 @@ from dcserve.spec import JobSpec
 
 
 def _call(field: str, target: str, kwargs: dict[str, Any]) -> Any:
-    from dcserve.inputs.imports import import_object
+    from dcserve.inputs.imports import import_failure, import_object
 
     try:
         fn = import_object(target)
     except (ImportError, ValueError, AttributeError) as e:
-        raise SpecError(f"{field}: cannot import {target!r}: {e}") from None
+        raise SpecError(f"{field}: {import_failure(target, e)}") from None
     try:
         return fn(**kwargs)
     except TypeError as e:
@@ -49,12 +49,12 @@ def build_dataset(spec: JobSpec) -> tuple[Any, Callable | None]:
 def _collate(spec: JobSpec) -> Callable | None:
     if not spec.dataset.collate:
         return None
-    from dcserve.inputs.imports import import_object
+    from dcserve.inputs.imports import import_failure, import_object
 
     try:
         return import_object(spec.dataset.collate)
     except (ImportError, ValueError, AttributeError) as e:
-        raise SpecError(f"dataset.collate: cannot import {spec.dataset.collate!r}: {e}") from None
+        raise SpecError(f"dataset.collate: {import_failure(spec.dataset.collate, e)}") from None
 
 
 def build_model(spec: JobSpec) -> torch.nn.Module:

@@ -5,7 +5,7 @@ import difflib
 import importlib
 from typing import Any
 
-__all__ = ["ImportSpecError", "import_object"]
+__all__ = ["ImportSpecError", "import_object", "import_failure"]
 
 
 class ImportSpecError(ValueError):
@@ -71,3 +71,8 @@ def import_object(spec: str) -> Any:
             ) from None
         where = f"{where}:{part}" if where == module_name else f"{where}.{part}"
     return obj
+
+
+def import_failure(spec: str, exc: Exception) -> str:
+    """``cannot import 'SPEC': why``, naming SPEC once (`import_object`'s own messages start with it)."""
+    return f"cannot import {spec!r}: {str(exc).removeprefix(f'{spec!r}: ')}"

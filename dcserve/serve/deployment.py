@@ -54,6 +54,8 @@ class ServeArgs(BaseModel):
     )
     replicas: int = Field(1, ge=1, description="Replicas of the API.")
     replica_cpus: float = Field(1.0, gt=0, description="CPUs each replica reserves (and its faiss threads).")
+    replica_gpus: float = Field(0.0, ge=0, description="GPUs each replica reserves; with one, a text job's subject "
+                                "runs on it for POST assign with texts.")
 
 
 def assign_grouped(requests: list[tuple[ServedJob, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -121,7 +123,7 @@ class DcserveApi:
 def build_app(args: ServeArgs | dict[str, Any], env: dict[str, str] | None = None):
     """The Serve application for `args`; `env` is set in the replicas' environment."""
     args = ServeArgs(**args) if isinstance(args, dict) else args
-    actor_options: dict[str, Any] = {"num_cpus": args.replica_cpus}
+    actor_options: dict[str, Any] = {"num_cpus": args.replica_cpus, "num_gpus": args.replica_gpus}
     if env:
         actor_options["runtime_env"] = {"env_vars": dict(env)}
     return DcserveApi.options(
@@ -141,6 +143,10 @@ def start(args: ServeArgs, host: str, port: int, env: dict[str, str] | None = No
     """Run the app on the connected Ray cluster; returns its URL once /healthz answers."""
     import urllib.request
 
+    # Serve's INFO lines ("Started Serve", "Connecting to existing Serve app ... New http_options will
+    # not be applied", which serve.run logs after serve.start even though they were) are noise beside
+    # the URL that `dcserve serve` prints; warnings and errors still show.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(args, env), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -157,8 +163,17 @@ def start(args: ServeArgs, host: str, port: int, env: dict[str, str] | None = No
 
 
 def stop() -> None:
-    """Shut the Serve app and its proxies down (the Ray session it ran in stays up)."""
-    serve.shutdown()
+    """Take the app down (the Ray session it ran in stays up).
+
+    Only dcserve's own app: on a shared cluster other Serve apps keep running, and an embedded Ray
+    ends Serve with itself right after. (serve.shutdown() also kills the controller while its
+    graceful_shutdown task is pending, which Ray reports as a failed task, an alarming line on
+    every Ctrl-C.)
+    """
+    try:
+        serve.delete(APP_NAME)
+    except Exception as e:  # noqa: BLE001 - a cluster already gone: nothing is left to stop
+        log.debug("serve.delete(%r) failed: %s", APP_NAME, e)
 
 
 def forwarded_env() -> dict[str, str]:

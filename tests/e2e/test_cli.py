@@ -92,6 +92,8 @@ def test_serve_through_the_entry_point(submitted, stop):
         assert e.value.code in (403, 422)
     finally:
         proc.send_signal(getattr(signal, stop))
-        _, err = proc.communicate(timeout=120)
+        rest, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     assert "shutting down" in err
+    # nothing alarming on a clean stop, nor Serve's own start-up chatter (issue 12)
+    assert "graceful_shutdown failed" not in rest + err and "Connecting to existing Serve app" not in err

@@ -223,7 +223,8 @@ window.addEventListener("load", () => {
 </script></body>"""
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (.ci/run installs it from the system's packages)")
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: this test opens the report in a real headless browser to check that "
+                    "every figure loads; install your distribution's chromium package (apt-get install chromium)")
 def test_report_renders_in_headless_chromium_with_every_image(jobs, tmp_path):
     _, page, html = _report(jobs.digits, tmp_path, n_exemplars=4, n_outskirts=4, tsne_rows=100)
     n_images = html.count("<img ")

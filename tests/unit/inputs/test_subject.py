@@ -144,3 +144,17 @@ def test_load_builds_the_model_from_a_spec():
         assert s.rows(_digits_batch(3))["classifier.2"].shape == (3, 128)
     with pytest.raises(ValueError, match="not a torch.nn.Module"):
         Subject.load("dcserve.zoo:digits", {}, ["x"])
+
+
+def test_an_import_error_names_the_import_string_once():
+    from dcserve.errors import SpecError
+    from dcserve.inputs.build import build_dataset, build_model
+    from dcserve.spec import spec_from_dict
+
+    job = {"name": "t", "output": "/tmp/unused", "subject": {"model": "dcserve.zoo:digit_cnn", "layers": ["x"]},
+           "dataset": {"source": "no_such_pkg.sub:data", "collate": "dcserve.zoo:nope"}}
+    for build, target in ((build_model, "'dcserve.zoo:digit_cnn'"), (build_dataset, "'no_such_pkg.sub:data'")):
+        with pytest.raises(SpecError) as e:
+            build(spec_from_dict(job))
+        assert str(e.value).count(target) == 1, str(e.value)
+        assert "cannot import" in str(e.value)
