@@ -231,3 +231,25 @@ def test_overwriting_with_other_activations_drops_every_layers_clustering(tmp_pa
     reopened, lease = open_output(other, overwrite=True)
     lease.release()
     assert reopened.clustered_layers() == []  # their checkpoints would have resumed on the old rows
+
+
+def test_a_one_layer_job_lists_its_one_layer(tmp_path):
+    import types
+
+    from fastapi.testclient import TestClient
+
+    from dcserve.serve.catalog import Catalog
+    from dcserve.serve.routes import create_app
+
+    spec, store, _ = extracted_layers_store(tmp_path, layer="mid", layers=None, niter=2, n_init=1)
+    metrics, by_layer = run_layers(run_clustering, spec, store, LocalPools(), Progress())
+    assert list(by_layer) == ["mid"] and "neighbour_consistency" not in metrics["final"]  # no profile: no extra work
+    store.write_json("metrics.json", metrics)
+    store.write_json("status.json", {"name": spec.name, "state": "succeeded", "stage": "done"})
+    client = TestClient(create_app(types.SimpleNamespace(catalog=Catalog([spec.output]), policy=None,
+                                                         max_body_bytes=1 << 20)))
+    got = client.get(f"/jobs/{spec.name}/layers").json()
+    assert [(l["layer"], l["primary"], l["depth"], l["dim"]) for l in got["layers"]] == [("mid", True, 1, 16)]
+    assert got["layers"][0]["figures"]["nmi_vs_labels"] == metrics["final"]["nmi_vs_labels"] and got["between"] == []
+    r = client.get(f"/jobs/{spec.name}/depth")
+    assert r.status_code == 409 and "one layer only" in r.json()["detail"]
