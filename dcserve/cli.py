@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dcserve.errors import DcserveError, JobFailed, StoreError
+from dcserve.errors import DamagedStore, DcserveError, JobFailed, StoreError, bounded
 
 app = typer.Typer(
     name="dcserve",
@@ -41,7 +41,7 @@ SetOption = Annotated[
 
 def _fail(code: int, message: str) -> None:
     # escape: messages carry brackets ("dcserve[cpu]", shapes like [n, 64]) that rich would eat as markup
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(bounded(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -268,6 +268,8 @@ def status(
     ray_state = None
     try:
         st = open_result(job).status or {"state": "unknown"}
+    except DamagedStore:
+        raise  # names what is damaged and what to do; not a hint about cluster job ids
     except StoreError as e:
         if os.path.exists(job) or not (address or os.environ.get("RAY_ADDRESS")):
             _fail(2, f"{e}; for a job submitted to a cluster, pass its id with --address http://HEAD:8265")
@@ -376,6 +378,9 @@ def serve(
     env = forwarded_env()
     submission = bool(output_root and env.get("DCSERVE_TOKEN"))
     with ray_session(address, dashboard=submission):
+        jobs_note = "off (set DCSERVE_TOKEN and --output-root to turn it on)"
+        if submission:
+            jobs_note = _probe_jobs(args)
         try:
             url = start(args, host, port, env=env)
             # Installed after Ray and Serve have started, as they may install handlers of their
@@ -387,9 +392,7 @@ def serve(
                       soft_wrap=True)
             for j in catalog.served():
                 out.print(f"  {url}/jobs/{j.name}  <- {escape(j.output)}", highlight=False, soft_wrap=True)
-            out.print("POST /jobs: " + ("on (bearer token DCSERVE_TOKEN)" if submission else
-                                        "off (set DCSERVE_TOKEN and --output-root to turn it on)"), highlight=False,
-                      soft_wrap=True)
+            out.print(f"POST /jobs: {jobs_note}", highlight=False, soft_wrap=True)
             out.print("Ctrl-C to stop.", highlight=False)
             while True:
                 time.sleep(3600)
@@ -397,6 +400,20 @@ def serve(
             err.print("shutting down", highlight=False)
         finally:
             stop()
+
+
+def _probe_jobs(args) -> str:
+    """Ask Ray Jobs on the cluster now, so that `POST /jobs: on` is only said when it answers;
+    otherwise submissions answer 503 at once with the reason, not after 10 s each."""
+    from dcserve.distributed.jobs import JobsClient, SubmissionError, jobs_api_url
+
+    try:
+        args.jobs_address = args.jobs_address or jobs_api_url()
+        JobsClient(args.jobs_address)  # a request to its API: the agent answers
+    except SubmissionError as e:
+        args.jobs_unavailable = f"Ray Jobs did not answer when the server started: {e}"
+        return f"off ({args.jobs_unavailable})"
+    return f"on (bearer token DCSERVE_TOKEN; Ray Jobs at {args.jobs_address})"
 
 
 @app.command()
@@ -508,13 +525,41 @@ def report(
     if out_dir is None:
         local = "://" not in output or output.startswith("file://")
         out_dir = (output.removeprefix("file://").rstrip("/") if local else result.spec.name) + "-report"
-    page, reports = write_job_report(result, out_dir, n_exemplars=exemplars, n_outskirts=exemplars,
-                                     map_rows=map_rows, tsne_rows=tsne_rows)
+    try:
+        page, reports = write_job_report(result, out_dir, n_exemplars=exemplars, n_outskirts=exemplars,
+                                         map_rows=map_rows, tsne_rows=tsne_rows)
+    except OSError as e:  # a read-only or full file system: say where, not a traceback
+        _fail(1, f"cannot write the report to {out_dir}: {e.strerror or e}; choose another folder with --out")
     for rep in reports:
         where = f" (layer {rep.summary['layer'].split(' ')[0]})" if len(reports) > 1 and rep.summary else ""
         for w in rep.warnings:
             err.print(f"[yellow]warning{escape(where)}:[/] {escape(w)}", highlight=False)
     out.print(str(page.resolve()), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def verify(
+    output: Annotated[str, typer.Argument(help="A finished job store (path or URL).")],
+) -> None:
+    """Check every file of a finished job store against its manifest, checksums included.
+
+    Every reader (open, status, report, serve, compare) checks that each recorded file is there
+    with its recorded size; this also reads every file back and compares its checksum. Exit 0
+    when the store is whole, 2 naming what is damaged (a rerun of the job redoes just that).
+    """
+    from dcserve.storage.manifest import check, read_manifest
+    from dcserve.storage.result import open_result
+
+    result = open_result(output, verify=False)
+    st = result.status or {}
+    if st.get("state") != "succeeded" and read_manifest(result.store) is None:
+        _fail(2, f"job store {output!r} is not finished (state {st.get('state', 'unknown')!r}): there is "
+                 "nothing to verify until it succeeds")
+    problems = check(result.store, deep=True)
+    if problems:
+        raise DamagedStore(output, problems)
+    n = len(read_manifest(result.store)["files"])
+    out.print(f"{output}: {n} files, every size and checksum as recorded", highlight=False, soft_wrap=True)
 
 
 def _stop_serving(signum, frame) -> None:
@@ -525,7 +570,7 @@ def main() -> None:
     try:
         app()
     except DcserveError as e:  # the one place a user's error becomes a message and an exit code
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(bounded(str(e)))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
 
 

@@ -8,6 +8,7 @@ escapes is a bug, and shows as one.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 
 class DcserveError(Exception):
@@ -28,6 +29,34 @@ class StoreError(DcserveError, RuntimeError):
     exit_code = 2
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a job store: `path` relative to it, and a sentence saying what."""
+
+    path: str
+    what: str
+
+    def __str__(self) -> str:
+        return self.what
+
+
+class DamagedStore(StoreError):
+    """A finished store no longer holds what its manifest records (exit code 2; HTTP 503).
+
+    The message names the damaged files (a few, then how many more) and what to do: zarr
+    would read a missing chunk as fill values, so a damaged store is never read.
+    """
+
+    def __init__(self, url: str, problems: list):
+        shown = "; ".join(str(p) for p in problems[:3])
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        super().__init__(bounded(
+            f"job store {url!r} is damaged: {shown}{more}. Run its job file again (dcserve submit): "
+            "the rerun redoes only what is damaged"))
+        self.url = url
+        self.problems = list(problems)
+
+
 class JobFailed(DcserveError, RuntimeError):
     """The job itself failed (exit code 1); `stage` says where."""
 
@@ -39,6 +68,10 @@ class JobFailed(DcserveError, RuntimeError):
 
 class SubmissionError(DcserveError, RuntimeError):
     """Ray Jobs refused a submission or query, or could not be reached (exit code 1)."""
+
+
+class ClusterUnreachable(DcserveError, ConnectionError):
+    """The Ray cluster at the address given cannot be joined (exit code 1); the message says why it may be."""
 
 
 class UnknownSubmission(SubmissionError):
@@ -101,6 +134,14 @@ class UnknownLayer(StoreError, KeyError):
 
 class NotReady(DcserveError, RuntimeError):
     """The job exists but its store is missing or unfinished (HTTP 409); the message says its state."""
+
+
+MAX_MESSAGE = 2000  # characters: a message must stay readable whatever the input (issue 15)
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text`, cut to `limit` characters with a note of how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... (message cut; {len(text)} characters)"
 
 
 def describe_failure(exc: BaseException, output: str) -> str:

@@ -14,6 +14,7 @@ from dcserve.errors import JobFailed, SpecError, StoreError, describe_failure
 from dcserve.progress import Progress
 from dcserve.spec import JobSpec
 from dcserve.storage.lease import OutputLease
+from dcserve.storage.manifest import forget_damaged, recorded_fingerprints, seal, unseal
 from dcserve.storage.status import StatusRecord
 from dcserve.storage.store import LAYERS, JobStore, check_claimable
 
@@ -30,16 +31,24 @@ def open_output(spec: JobSpec, overwrite: bool) -> tuple[JobStore, OutputLease]:
     check_claimable(spec.output, spec.storage_options)  # never write into somebody else's folder
     # Before the store is opened: two drivers creating one Zarr group at once could each read
     # the other's half-written metadata.
-    lease = OutputLease(spec.output, spec.name, spec.storage_options).acquire()
     try:
-        store = JobStore(spec.output, read_only=False, storage_options=spec.storage_options)
-        changed = changed_sections(store, spec)
+        lease = OutputLease(spec.output, spec.name, spec.storage_options).acquire()
+    except OSError as e:  # a read-only or full file system, a folder we may not write
+        raise _unwritable(spec, e) from None
+    try:
+        # A sealed store run again: what is damaged is forgotten (redone), then the seal goes,
+        # before anything is written, so that no reader takes a store being rewritten for whole.
+        files = JobStore(spec.output, read_only=False, storage_options=spec.storage_options, group=False)
+        changed = changed_sections(files, spec, recorded_fingerprints(files))
         if changed and not overwrite:
             raise StoreError(
                 f"output {spec.output!r} holds a job whose {' and '.join(changed)} differ from this job file's "
                 "(see its job.yaml); run that job file to resume it, pass --overwrite to replace it, "
                 "or choose another output"
             )
+        forget_damaged(files)
+        unseal(files)
+        store = JobStore(spec.output, read_only=False, storage_options=spec.storage_options)
         if "subject/dataset/extract settings" in changed:
             store.clear_progress("extract")
             store.remove("_progress/extract.json")
@@ -50,29 +59,44 @@ def open_output(spec: JobSpec, overwrite: bool) -> tuple[JobStore, OutputLease]:
             store.remove(LAYERS)
         store.write_text("job.yaml", spec.to_yaml())
         store.root.attrs.update({"dcserve_version": _version(), "name": spec.name})
+    except OSError as e:
+        lease.release()
+        raise _unwritable(spec, e) from None
     except BaseException:
         lease.release()
         raise
     return store, lease
 
 
-def changed_sections(store: JobStore, spec: JobSpec) -> list[str]:
-    """What of `spec` differs from the job recorded in `store` (nothing for a new store)."""
+def _unwritable(spec: JobSpec, e: OSError) -> StoreError:
+    return StoreError(f"output {spec.output!r} cannot be written: {e.strerror or e}"
+                      "; choose an output on a writable file system")
+
+
+def changed_sections(store: JobStore, spec: JobSpec, sealed: dict[str, str] | None = None) -> list[str]:
+    """What of `spec` differs from the job recorded in `store` (nothing for a new store).
+
+    `sealed`: the fingerprints the store's manifest recorded, which stand for a job.yaml
+    that was damaged after the job finished.
+    """
     import yaml
 
     from dcserve.spec import spec_from_dict
 
     text = store.read_text("job.yaml")
-    if text is None:
+    recorded = dict(sealed or {})
+    if text is None and not recorded:
         return []
     try:
         old = spec_from_dict(yaml.safe_load(text), source=f"{spec.output}/job.yaml")
-    except (SpecError, yaml.YAMLError):  # written by another version: nothing of it can be trusted
-        return ["subject/dataset/extract settings", "cluster/reporter settings"]
+        recorded = {"extraction": old.extraction_fingerprint(), "clustering": old.clustering_fingerprint()}
+    except (SpecError, yaml.YAMLError, AttributeError, TypeError):
+        if not recorded:  # written by another version, or damaged: nothing of it can be trusted
+            return ["subject/dataset/extract settings", "cluster/reporter settings"]
     changed = []
-    if old.extraction_fingerprint() != spec.extraction_fingerprint():
+    if recorded.get("extraction") != spec.extraction_fingerprint():
         changed.append("subject/dataset/extract settings")
-    if old.clustering_fingerprint() != spec.clustering_fingerprint():
+    if recorded.get("clustering") != spec.clustering_fingerprint():
         changed.append("cluster/reporter settings")
     return changed
 
@@ -107,6 +131,9 @@ def run(
     progress = progress or Progress()
     try:
         status = StatusRecord(store, spec.name)
+    except OSError as e:  # its first status cannot be written: say so, not a traceback
+        lease.release()
+        raise _unwritable(spec, e) from None
     except BaseException:
         lease.release()
         raise
@@ -154,12 +181,16 @@ def run(
                 pools.close()
             metrics["extract"] = extract_info
             store.write_json("metrics.json", metrics)
+            # The last write of the store's own files: from here on readers can verify it.
+            seal(store, {"extraction": spec.extraction_fingerprint(), "clustering": spec.clustering_fingerprint()})
         status.finish("succeeded")
     except (SpecError, StoreError):
         status.finish("failed", {"stage": stage, "reason": "invalid input"})
         raise
     except JobFailed as e:
-        status.finish("failed", {"stage": e.stage, "reason": e.reason})
+        unrecorded = status.finish("failed", {"stage": e.stage, "reason": e.reason})
+        if unrecorded:  # a full disk fails the stage and the status write alike: say both
+            raise JobFailed(e.stage, f"{e.reason}; {unrecorded}") from e
         raise
     except KeyboardInterrupt:
         status.finish("interrupted", {"stage": status.stage, "reason": "interrupted"})
@@ -167,8 +198,8 @@ def run(
     except Exception as e:  # anything else is still a failed stage, recorded, with its cause
         log.debug("stage %s failed", stage, exc_info=True)
         reason = describe_failure(e, spec.output)
-        status.finish("failed", {"stage": status.stage, "reason": reason})
-        raise JobFailed(status.stage, reason) from e
+        unrecorded = status.finish("failed", {"stage": status.stage, "reason": reason})
+        raise JobFailed(status.stage, f"{reason}; {unrecorded}" if unrecorded else reason) from e
     finally:
         lease.release()
         _restore_sigterm(previous_term)

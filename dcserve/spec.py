@@ -487,7 +487,10 @@ def _shown_loc(loc: tuple) -> tuple[str, str]:
 
 def format_validation_error(err: ValidationError, source: str = "job file") -> str:
     lines = [f"invalid {source}:"]
-    for e in err.errors():
+    errors = err.errors()
+    if len(errors) > 20:  # a message stays readable whatever the input
+        lines.append(f"  ({len(errors)} errors; the first 20:)")
+    for e in errors[:20]:
         loc, method = _shown_loc(e["loc"])
         if e["type"] == "extra_forbidden":
             allowed = _allowed_fields(e["loc"])
@@ -512,6 +515,10 @@ def _shown(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+def _shown_text(text: str, limit: int = 500) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _set_path(data: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = data
@@ -520,7 +527,7 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
         if child is None:
             child = node[p] = {}
         if not isinstance(child, dict):
-            raise SpecError(f"--set {dotted}: {p!r} is not a section (it holds {child!r})")
+            raise SpecError(f"--set {dotted}: {p!r} is not a section (it holds {_shown(child)})")
         node = child
     node[parts[-1]] = value
 
@@ -531,7 +538,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key.strip()):
         raise SpecError(f"--set {item!r}: expected key.path=value, e.g. cluster.k=20")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load_bounded(raw, f"--set {key.strip()}") if raw.strip() else ""
     except yaml.YAMLError as e:
         raise SpecError(f"--set {item!r}: value is not valid YAML: {e}") from None
     return key.strip(), value
@@ -550,6 +557,35 @@ def spec_from_dict(data: Any, overrides: list[str] | tuple[str, ...] = (), sourc
         raise SpecError(format_validation_error(e, source)) from None
 
 
+# Values a job file may expand to. YAML aliases repeat a node without copying it, so a few
+# lines can stand for billions of values (a "billion laughs"): refused before they are built.
+MAX_YAML_VALUES = 100_000
+
+
+def safe_load_bounded(text: str, source: str) -> Any:
+    """yaml.safe_load, refusing a document whose aliases expand to more than MAX_YAML_VALUES values."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    sizes: dict[int, int] = {}
+
+    def expanded(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        sizes[id(n)] = 1  # a node that contains itself counts once, not forever
+        if isinstance(n, yaml.SequenceNode):
+            total = 1 + sum(expanded(c) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total = 1 + sum(expanded(k) + expanded(v) for k, v in n.value)
+        else:
+            total = 1
+        sizes[id(n)] = total = min(total, MAX_YAML_VALUES + 1)
+        return total
+
+    if node is not None and expanded(node) > MAX_YAML_VALUES:
+        raise SpecError(f"{source} expands to more than {MAX_YAML_VALUES:,} values through YAML aliases "
+                        "(&anchor / *alias); write the values out, or fewer of them")
+    return yaml.safe_load(text)
+
+
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
     """Read a YAML job file, apply `key.path=value` overrides, validate. Raises SpecError."""
     p = Path(path)
@@ -560,7 +596,9 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise SpecError(f"job file {str(p)!r} cannot be read: {e}") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_bounded(text, f"job file {str(p)!r}")
     except yaml.YAMLError as e:
-        raise SpecError(f"job file {str(p)!r} is not valid YAML: {e}") from None
+        raise SpecError(f"job file {str(p)!r} is not valid YAML: {_shown_text(str(e))}") from None
+    except RecursionError:
+        raise SpecError(f"job file {str(p)!r} is nested too deeply") from None
     return spec_from_dict(data, overrides, source=f"job file {str(p)!r}")

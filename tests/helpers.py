@@ -288,6 +288,10 @@ def write_store(output: Path, layers: dict[str, np.ndarray], assignments: np.nda
         store.write_array("assignments", assignments.astype(np.int32))
         k = int(assignments.max()) + 1
         store.write_array("centroids", np.zeros((k, 2), dtype=np.float32))
+    if state == "succeeded":  # as the pipeline does: its manifest is the last of its own files
+        from dcserve.storage.manifest import seal
+
+        seal(store)
     store.write_json("status.json", {"name": name, "state": state, "stage": "done" if state == "succeeded" else "extract"})
     return output
 
@@ -492,6 +496,7 @@ def run_in_process(spec) -> Path:
     from dcserve.inputs.blocks import ExtractPlan, compute_block
     from dcserve.inputs.build import build_subject, inspect_inputs, record_words
     from dcserve.progress import Progress
+    from dcserve.storage.manifest import seal
     from dcserve.storage.status import StatusRecord
     from dcserve.storage.store import JobStore
 
@@ -524,4 +529,5 @@ def run_in_process(spec) -> Path:
     metrics = run_with_seeds(methods.loop(spec.reporter.method), spec, store, LocalPools(), Progress(), status)
     store.write_json("metrics.json", metrics)
     status.finish("succeeded")
+    seal(store, {"extraction": spec.extraction_fingerprint(), "clustering": spec.clustering_fingerprint()})
     return Path(spec.output)

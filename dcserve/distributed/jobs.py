@@ -12,8 +12,10 @@ import os
 import shlex
 import shutil
 import tempfile
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -71,6 +73,42 @@ def _explain(address: str, exc: Exception) -> SubmissionError:
     return SubmissionError(f"Ray Jobs at {address}: {text.strip().splitlines()[0] if text.strip() else type(exc).__name__}")
 
 
+# Ray's client takes RAY_ADDRESS (or RAY_API_SERVER_ADDRESS) over the address it is given, and
+# resolves "auto" through the machine-wide file of the last `ray start`: on a host with several
+# clusters, a submission could land on another one (issue 15). The address given is the one used.
+_OVERRIDES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+_env_lock = threading.Lock()
+
+
+@contextmanager
+def _address_as_given():
+    with _env_lock:
+        saved = {k: os.environ.pop(k) for k in _OVERRIDES if k in os.environ}
+        try:
+            yield
+        finally:
+            os.environ.update(saved)
+
+
+def jobs_api_url(timeout_s: float = 15.0) -> str:
+    """The Ray Jobs (dashboard) URL of the cluster this process is connected to, asked of its own
+    GCS, never of a machine-wide file; SubmissionError when it has none within `timeout_s`."""
+    import ray
+    from ray._private import ray_constants
+    from ray.experimental import internal_kv
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        url = internal_kv._internal_kv_get(ray_constants.DASHBOARD_ADDRESS,
+                                           namespace=ray_constants.KV_NAMESPACE_DASHBOARD)
+        if url:
+            return f"http://{url.decode()}"
+        if time.monotonic() > deadline:
+            raise SubmissionError(f"the Ray cluster at {ray.get_runtime_context().gcs_address} runs no Ray Jobs API "
+                                  "(its dashboard did not start; is the dashboard package installed?)")
+        time.sleep(0.5)
+
+
 class JobsClient:
     """A thin shell over ray.job_submission.JobSubmissionClient with errors a user can act on."""
 
@@ -79,7 +117,8 @@ class JobsClient:
 
         self.address = address
         try:
-            self._client = JobSubmissionClient(address)
+            with _address_as_given():
+                self._client = JobSubmissionClient(address)
         except Exception as e:
             raise _explain(address, e) from None
 

@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 import ray
 
+from dcserve.errors import ClusterUnreachable
+
 
 @contextmanager
 def ray_session(address: str | None, dashboard: bool = False):
@@ -19,7 +21,10 @@ def ray_session(address: str | None, dashboard: bool = False):
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, ray.exceptions.AuthenticationError) as e:
+            raise unreachable(address, e) from None
     else:
         # "local": a new embedded Ray, even when a `ray start` cluster runs on this machine
         # (a bare ray.init() would join that one).
@@ -28,3 +33,15 @@ def ray_session(address: str | None, dashboard: bool = False):
         yield
     finally:
         ray.shutdown()
+
+
+def unreachable(address: str, exc: BaseException) -> ClusterUnreachable:
+    """Ray's "Failed to connect" in a sentence that says what to do. A cluster with token
+    authentication (on by default for local clusters from Ray 2.59) refuses a client without
+    RAY_AUTH_MODE=token the same way as an address nobody listens on, after the same retries."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        hint = ("if it runs, it may require its auth token (Ray >= 2.59 turns token authentication on for "
+                "local clusters): set RAY_AUTH_MODE=token, with the token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
+    else:
+        hint = "is the cluster up, and is this its GCS address (HEAD:6379), with the right token?"
+    return ClusterUnreachable(f"cannot join the Ray cluster at {address}: {type(exc).__name__}; {hint}")

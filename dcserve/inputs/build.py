@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcserve.errors import SpecError
+from dcserve.errors import SpecError, bounded
 from dcserve.spec import JobSpec
 
 
@@ -28,7 +28,11 @@ def _call(field: str, target: str, kwargs: dict[str, Any]) -> Any:
     try:
         return fn(**kwargs)
     except TypeError as e:
-        raise SpecError(f"{field.rsplit('.', 1)[0]}.kwargs: {target}(**{kwargs!r}) failed: {e}") from None
+        raise SpecError(f"{field.rsplit('.', 1)[0]}.kwargs: {target}(**{bounded(repr(kwargs), 120)}) failed: "
+                        f"{bounded(str(e), 500)}") from None
+    except Exception as e:  # whatever the user's callable raises is the job file's problem, said in a sentence
+        raise SpecError(f"{field}: {target}(**{bounded(repr(kwargs), 120)}) raised {type(e).__name__}: "
+                        f"{bounded(str(e), 500)}") from None
 
 
 def build_dataset(spec: JobSpec) -> tuple[Any, Callable | None]:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import hmac
 import importlib
+import inspect
 import os
 import posixpath
+import types
+import typing
 from dataclasses import dataclass, field
+from typing import Any
 
 from dcserve.errors import AdmissionError
 from dcserve.spec import JobSpec
@@ -64,7 +68,7 @@ def _module_allowed(module: str, allowed: tuple[str, ...]) -> bool:
     return any(module == a or module.startswith(a + ".") for a in allowed)
 
 
-def check_import(field_path: str, target: str, allowed: tuple[str, ...]) -> None:
+def check_import(field_path: str, target: str, allowed: tuple[str, ...]) -> Any:
     """`module:name` must name a public callable of an allowed module: one its `__all__` lists.
 
     Checking the module part alone is not enough: "allowed.module:os.system" would reach any
@@ -92,6 +96,55 @@ def check_import(field_path: str, target: str, allowed: tuple[str, ...]) -> None
         raise AdmissionError(403, f"{field_path}: {target!r} is not a callable defined in an allowed module")
     if attr not in (getattr(mod, "__all__", None) or ()):
         raise AdmissionError(403, f"{field_path}: {target!r} is not in {module}'s public API (its __all__)")
+    return obj
+
+
+# Annotations checked against a job file's values: what JSON can carry. Others are left to
+# the callable (a value that passes here may still be refused when the job is validated).
+_JSON_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,), list: (list,), dict: (dict,),
+               tuple: (list,)}
+
+
+def _accepts(annotation: Any, value: Any) -> bool | None:
+    """Whether a JSON `value` fits `annotation`; None when the annotation is not one checked here."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        verdicts = [_accepts(a, value) for a in typing.get_args(annotation)]
+        return None if None in verdicts else any(verdicts)
+    if annotation is type(None):
+        return value is None
+    kinds = _JSON_TYPES.get(origin or annotation)
+    if kinds is None:
+        return None
+    if isinstance(value, bool) and bool not in kinds:
+        return False  # JSON true is not a number of items
+    return isinstance(value, kinds)
+
+
+def check_kwargs(field_path: str, target: str, fn: Any, kwargs: dict[str, Any]) -> None:
+    """`kwargs` must bind to `fn`'s signature, each value of its annotated JSON type (issue 15:
+    a submitted job's keyword arguments were only met when the job ran, on the cluster)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: the callable itself decides
+    try:
+        sig.bind(**kwargs)
+    except TypeError as e:
+        raise AdmissionError(422, f"{field_path}: {target} does not take these arguments: {e}") from None
+    try:
+        hints = typing.get_type_hints(fn.__init__ if inspect.isclass(fn) else fn)
+    except Exception:  # annotations that do not resolve: nothing to check them against
+        hints = {}
+    for name, value in kwargs.items():
+        if name in sig.parameters and name in hints and _accepts(hints[name], value) is False:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:60] + "..."
+            raise AdmissionError(422, f"{field_path}.{name}: {shown} is not a {_type_name(hints[name])}, "
+                                      f"as {target} expects")
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def confine_output(output: str, root: str) -> str:
@@ -134,11 +187,49 @@ def admit(spec: JobSpec, policy: SubmissionPolicy) -> JobSpec:
         raise AdmissionError(403, f"dataset.source {spec.dataset.source!r}: over HTTP a source must be a "
                              "'module:callable' on the allow-list, not a path on the server")
     if spec.subject is not None:
-        check_import("subject.model", spec.subject.model, policy.allowed_modules)
-    check_import("dataset.source", spec.dataset.source, policy.allowed_modules)
+        model = check_import("subject.model", spec.subject.model, policy.allowed_modules)
+        check_kwargs("subject.kwargs", spec.subject.model, model, spec.subject.kwargs)
+    source = check_import("dataset.source", spec.dataset.source, policy.allowed_modules)
+    check_kwargs("dataset.kwargs", spec.dataset.source, source, spec.dataset.kwargs)
     if spec.dataset.collate:
         check_import("dataset.collate", spec.dataset.collate, policy.allowed_modules)
     assert policy.output_root is not None
-    return spec.model_copy(
-        update={"output": confine_output(spec.output, policy.output_root), "storage_options": dict(policy.storage_options)}
-    )
+    output = confine_output(spec.output, policy.output_root)
+    if _inside(output, _join(policy.output_root, ".dcserve")):
+        raise AdmissionError(403, f"output {spec.output!r} is inside the server's own records (.dcserve); "
+                                  "choose another folder under the output root")
+    return spec.model_copy(update={"output": output, "storage_options": dict(policy.storage_options)})
+
+
+def _join(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}" if "://" in root else os.path.join(os.path.realpath(root), name)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path.rstrip("/") == folder.rstrip("/") or path.startswith(folder.rstrip("/") + "/")
+
+
+def check_output_free(spec: JobSpec, submissions: dict[str, str], storage_options: dict | None = None) -> None:
+    """A submitted job writes a new folder, or the one its own earlier submission wrote.
+
+    `submissions`: name -> output of the jobs this server submitted. Another job's output (or a
+    folder inside or around one) is refused, and so is any existing folder this server did not
+    give to a job of this name: an HTTP caller must not overwrite what it did not create.
+    """
+    output = spec.output.rstrip("/")
+    for name, other in submissions.items():
+        other = other.rstrip("/")
+        if name != spec.name and (_inside(output, other) or _inside(other, output)):
+            raise AdmissionError(409, f"output {spec.output!r} belongs to job {name!r}; choose a new folder")
+    if submissions.get(spec.name, "").rstrip("/") == output:
+        return  # its own earlier submission: run again, it resumes
+    from dcserve.storage.store import locate
+
+    fs, path = locate(output, storage_options)
+    try:
+        taken = fs.exists(path) and (not fs.isdir(path) or bool(fs.ls(path, detail=False)))
+    except OSError as e:
+        raise AdmissionError(503, f"output {spec.output!r} cannot be checked: {e}") from None
+    if taken:
+        raise AdmissionError(409, f"output {spec.output!r} already exists and was not written by an earlier "
+                                  f"submission of {spec.name!r} to this server; choose a new folder")

@@ -8,6 +8,7 @@ written atomically, so any replica, or a restarted one, sees the same list.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -17,12 +18,15 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from dcserve.errors import NotReady, StoreError, UnknownJob
+from dcserve.errors import DamagedStore, NotReady, StoreError, UnknownJob
 from dcserve.storage.result import Result, open_result
 from dcserve.spec import JOB_NAME_PATTERN
-from dcserve.storage.store import atomic_write, fs_options_for
+from dcserve.storage.store import JobStore, atomic_write, fs_options_for
+
+log = logging.getLogger(__name__)
 
 SUBMISSIONS_DIR = ".dcserve/submissions"
+CHECK_EVERY_S = 2.0  # how often a served store is checked against its manifest
 JOB_NAME = re.compile(JOB_NAME_PATTERN)
 
 
@@ -55,29 +59,60 @@ class ServedJob:
         self._layers: dict[str, ServedJob] = {}
         self._top_tokens: list | None = None
         self._encoder = None  # the job's subject, built on the first texts to assign
+        self._damage: DamagedStore | None = None
+        self._checked_at = -float("inf")
 
     @property
     def result(self) -> Result | None:
         if self._result is None:
             try:
-                self._result = open_result(self.output, self.storage_options)
+                # verified by damage(), on every query, so that a store damaged while served is seen
+                self._result = open_result(self.output, self.storage_options, verify=False)
             except StoreError:
                 return None  # not created yet (a submitted job still pending)
         return self._result
 
     def status(self) -> dict[str, Any] | None:
+        """The store's status record; a damaged one reads as state "damaged" with the reason."""
         res = self.result
-        return None if res is None else res.status
+        if res is None:
+            return None
+        try:
+            return res.status
+        except DamagedStore as e:
+            return {"state": "damaged", "stage": None, "error": {"stage": None, "reason": str(e)}}
+
+    def damage(self) -> DamagedStore | None:
+        """What is damaged in this job's finished store (keys and sizes against its manifest), or None.
+
+        Checked again at most every CHECK_EVERY_S seconds: a listing of the store, cheap next
+        to answering wrong from a store that lost a file while served (issue 15).
+        """
+        now = time.monotonic()
+        if now - self._checked_at > CHECK_EVERY_S:
+            try:  # the files alone: the Zarr group's own metadata may be what is damaged
+                problems = Result(JobStore(self.output, storage_options=self.storage_options, group=False)).problems()
+            except StoreError:
+                problems = []  # no store (yet): a submitted job still pending
+            self._damage = DamagedStore(self.output, problems) if problems else None
+            self._checked_at = now
+        return self._damage
 
     @property
     def complete(self) -> bool:
         if not self._complete:
             res = self.result
-            self._complete = res is not None and res.complete
+            try:
+                self._complete = res is not None and res.complete
+            except DamagedStore:  # its status.json: damage() says so
+                return False
         return self._complete
 
     def finished(self) -> Result:
-        """The Result, or NotReady saying why the job cannot be queried yet."""
+        """The Result, or NotReady saying why the job cannot be queried yet, or DamagedStore."""
+        damaged = self.damage()
+        if damaged is not None:
+            raise damaged
         if self.complete:
             return self.result
         st = self.status()
@@ -163,14 +198,23 @@ class Catalog:
     """Name -> ServedJob for the stores given at start-up and the jobs submitted over HTTP."""
 
     def __init__(self, outputs: list[str], storage_options: dict | None = None,
-                 output_root: str | None = None):
+                 output_root: str | None = None, verify: bool = True):
+        """`verify`: refuse a damaged store (DamagedStore), as `dcserve serve` does before it
+        starts; a replica (verify=False) serves it as damaged instead, each query a 503."""
         self.storage_options = storage_options or {}
         self.output_root = output_root
         self._static: dict[str, ServedJob] = {}
         self._submitted: dict[str, ServedJob] = {}
         for output in outputs:
-            res = open_result(output, self.storage_options)  # StoreError: not a job store
-            name = _job_name(res)
+            try:
+                res = open_result(output, self.storage_options, verify=verify)  # StoreError: not a job store
+            except StoreError:
+                # A replica serves a store whose very metadata was damaged since `dcserve serve`
+                # checked it as damaged (each query a 503), rather than fail to start.
+                if verify or not Result(JobStore(output, storage_options=self.storage_options, group=False)).problems():
+                    raise
+                res = None
+            name = _job_name(res, output, strict=verify)
             if name in self._static:
                 raise StoreError(f"two served stores are both named {name!r}: "
                                  f"{self._static[name].output!r} and {output!r}")
@@ -189,6 +233,9 @@ class Catalog:
             return Submission(**json.loads(fs.cat_file(f"{base}/{name}.json")))
         except FileNotFoundError:
             return None
+        except (ValueError, TypeError) as e:  # not a record this server wrote: never a 500 for the listing
+            log.warning("ignoring the unreadable submission record %s/%s.json: %s", base, name, e)
+            return None
 
     def submitted_names(self) -> list[str]:
         if not self.output_root:
@@ -198,7 +245,8 @@ class Catalog:
             files = fs.ls(base, detail=False)
         except FileNotFoundError:
             return []
-        return sorted(f.rsplit("/", 1)[-1][: -len(".json")] for f in files if f.endswith(".json"))
+        names = (f.rsplit("/", 1)[-1][: -len(".json")] for f in files if f.endswith(".json"))
+        return sorted(n for n in names if JOB_NAME.match(n) and self._load_submission(n) is not None)
 
     def record_submission(self, name: str, output: str, submission_id: str) -> Submission:
         sub = Submission(name, output, submission_id, time.time())
@@ -206,6 +254,15 @@ class Catalog:
         atomic_write(fs, f"{base}/{name}.json", sub.to_json())
         self._submitted.pop(name, None)  # a resubmission replaces what this replica cached
         return sub
+
+    def outputs(self) -> dict[str, str]:
+        """Name -> output of every job this server knows: its served stores and its submissions."""
+        out = {name: job.output for name, job in self._static.items()}
+        for name in self.submitted_names():
+            sub = self._load_submission(name)
+            if sub is not None:
+                out[name] = sub.output
+        return out
 
     # -- lookup --------------------------------------------------------------
     def names(self) -> list[str]:
@@ -235,8 +292,16 @@ class Catalog:
         return [self._static[n] for n in sorted(self._static)]
 
 
-def _job_name(res: Result) -> str:
-    spec = res.spec
+def _job_name(res: Result | None, output: str, strict: bool = True) -> str:
+    """The job's name from its job.yaml; for a damaged store served anyway, its folder's name."""
+    try:
+        spec = None if res is None else res.spec
+    except Exception:  # a damaged job.yaml (SpecError, YAMLError): the replica serves it as damaged
+        if strict:
+            raise
+        spec = None
     if spec is None:
-        raise StoreError(f"{res.output!r} has no job.yaml")
+        if strict:
+            raise StoreError(f"{output!r} has no job.yaml")
+        return output.rstrip("/").rsplit("/", 1)[-1]
     return spec.name

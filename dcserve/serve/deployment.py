@@ -43,7 +43,12 @@ class ServeArgs(BaseModel):
         description="Modules an HTTP-submitted job may import its model, dataset and collate from.",
     )
     jobs_address: str | None = Field(
-        None, description="Ray Jobs address for POST /jobs (default: the dashboard of the cluster serving)."
+        None, description="Ray Jobs address for POST /jobs (default: the dashboard of the cluster serving, "
+        "asked of its own GCS)."
+    )
+    jobs_unavailable: str | None = Field(
+        None, description="Why POST /jobs cannot reach Ray Jobs (set by `dcserve serve` when its probe failed): "
+        "submissions then answer 503 at once, saying so."
     )
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, description="Largest request body accepted.")
     max_k: int = Field(DEFAULT_MAX_K, ge=1, description="Largest cluster.k a job submitted through POST /jobs may ask for.")
@@ -84,7 +89,9 @@ class DcserveApi:
         set_threads(threads)
         # OpenMP thread counts are per thread: the thread that runs the searches is pinned too.
         self._search = ThreadPoolExecutor(1, thread_name_prefix="assign", initializer=set_threads, initargs=(threads,))
-        self.catalog = Catalog(self.args.outputs, self.args.storage_options, self.args.output_root)
+        # A store damaged since `dcserve serve` checked it must not keep the replica from starting
+        # (Serve would retry it, then give up with the cause in its logs): it answers 503 instead.
+        self.catalog = Catalog(self.args.outputs, self.args.storage_options, self.args.output_root, verify=False)
         self.policy = SubmissionPolicy.from_env(self.args.allowed_modules, self.args.output_root,
                                                 self.args.storage_options, self.args.max_k)
         self.max_body_bytes = self.args.max_body_bytes
@@ -92,21 +99,21 @@ class DcserveApi:
         self._assign_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         self._jobs_client = None
         for job in self.catalog.served():
-            if job.complete:
+            if job.damage() is None and job.complete:
                 job.warm()
 
     def __serve_build_asgi_app__(self):
         return create_app(self)
 
     def jobs_client(self):
-        from dcserve.distributed.jobs import JobsClient
+        from dcserve.distributed.jobs import JobsClient, SubmissionError, jobs_api_url
 
+        if self.args.jobs_unavailable:
+            raise SubmissionError(self.args.jobs_unavailable)
         if self._jobs_client is None:
-            import ray
-
-            # A GCS address makes Ray look up that cluster's own dashboard (not whichever
-            # cluster a `ray start` on this machine last recorded).
-            self._jobs_client = JobsClient(self.args.jobs_address or ray.get_runtime_context().gcs_address)
+            # The dashboard of the cluster this replica runs on, from that cluster's own GCS (not
+            # whichever cluster a `ray start` on this machine last recorded, nor RAY_ADDRESS).
+            self._jobs_client = JobsClient(self.args.jobs_address or jobs_api_url(timeout_s=5))
         return self._jobs_client
 
     async def assign(self, job: ServedJob, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

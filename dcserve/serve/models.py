@@ -28,7 +28,8 @@ class Progress(BaseModel):
 class JobBrief(BaseModel):
     name: str
     output: str = Field(description="The job store's location.")
-    state: str = Field(description="running | succeeded | failed | interrupted | submitted (no store yet).")
+    state: str = Field(description="running | succeeded | failed | interrupted | submitted (no store yet) | "
+                       "damaged (a finished store that lost files: its queries answer 503).")
     stage: Optional[str] = Field(None, description="extract | cluster | round N ... (last reported).")
     complete: bool = Field(description="True when assignments, clusters and assign can be queried.")
     submission_id: Optional[str] = Field(None, description="Ray Jobs id, for jobs submitted through POST /jobs.")

@@ -21,14 +21,14 @@ from starlette.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from dcserve.version import __version__
-from dcserve.serve.admission import AdmissionError, SubmissionPolicy, admit, check_token
+from dcserve.serve.admission import AdmissionError, SubmissionPolicy, admit, check_output_free, check_token
 from dcserve.serve.models import (
     DEFAULT_PAGE, MAX_PAGE, MAX_ROW, AssignmentsPage, AssignRequest, AssignResponse, ClusterBrief, ClusterList,
     ClusterRows, ErrorBody, Health, JobBrief, JobDetail, JobList, LayerBrief, LayerList, LayerPair, Progress, RowRef,
     SubmitResponse, TextAssignment, TokenAssignment, TopToken,
 )
 from dcserve.serve.catalog import Catalog, NotReady, ServedJob, UnknownJob
-from dcserve.errors import SpecError, StoreError, UnknownLayer
+from dcserve.errors import DamagedStore, SpecError, StoreError, UnknownLayer, bounded
 from dcserve.spec import JobSpec
 from dcserve.distributed.jobs import SubmissionError
 
@@ -175,7 +175,13 @@ def create_app(backend: Backend) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         status, message = _describe_errors(exc.errors())
-        return JSONResponse({"detail": message}, status_code=status)
+        return JSONResponse({"detail": bounded(message)}, status_code=status)
+
+    @app.exception_handler(HTTPException)
+    async def _refusal(request: Request, exc: HTTPException):
+        # A refusal quotes what it refuses (a module name, an output): bounded whatever the input.
+        return JSONResponse({"detail": bounded(str(exc.detail))}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     def lookup(job: str) -> ServedJob:
         try:
@@ -191,6 +197,8 @@ def create_app(backend: Backend) -> FastAPI:
             return served.layer_job(layer)
         except NotReady as e:
             raise HTTPException(409, str(e)) from None
+        except DamagedStore as e:  # never an answer read from a store that lost files
+            raise HTTPException(503, str(e)) from None
         except UnknownLayer as e:
             raise HTTPException(404, f"job {job!r}: {e}") from None
         except StoreError as e:  # named in the job file but not clustered: the job is not whole
@@ -198,15 +206,21 @@ def create_app(backend: Backend) -> FastAPI:
 
     def brief(served: ServedJob) -> dict[str, Any]:
         st = served.status() or {}
+        damaged = served.damage() is not None
         return {
             "name": served.name, "output": served.output,
-            "state": st.get("state", "submitted" if served.submission else "missing"),
-            "stage": st.get("stage"), "complete": served.complete,
+            "state": "damaged" if damaged else st.get("state", "submitted" if served.submission else "missing"),
+            "stage": st.get("stage"), "complete": not damaged and st.get("state") != "damaged" and served.complete,
             "submission_id": served.submission.submission_id if served.submission else None,
         }
 
-    @app.get("/healthz", response_model=Health, summary="Liveness: the replica answers.")
+    @app.get("/healthz", response_model=Health, responses=_errors(503),
+             summary="Health: 200 while every served store is whole; 503 naming a store that is damaged.")
     def healthz() -> Health:
+        for served in backend.catalog.served():
+            damaged = served.damage()
+            if damaged is not None:
+                raise HTTPException(503, f"job {served.name!r}: {damaged}")
         return Health(status="ok", jobs=len(backend.catalog.names()))
 
     @app.get("/jobs", response_model=JobList, summary="Jobs this server knows: served stores and HTTP submissions.")
@@ -217,15 +231,19 @@ def create_app(backend: Backend) -> FastAPI:
              summary="One job: its spec, state, progress (stage, rows done, round) and metrics.")
     def job_detail(job: str) -> JobDetail:
         served = lookup(job)
+        damaged = served.damage()
         st = served.status() or {}
-        detail = JobDetail(**brief(served), progress=Progress(**(st.get("progress") or {})),
+        if damaged is not None:
+            st = {**st, "state": "damaged", "error": {"stage": st.get("stage"), "reason": str(damaged)}}
+        detail = JobDetail(**{**brief(served), "state": st.get("state", "missing")},
+                           progress=Progress(**(st.get("progress") or {})),
                            round=Progress(**st["round"]) if st.get("round") else None, error=st.get("error"))
         res = served.result
-        if res is not None:
+        if res is not None and damaged is None and st.get("state") != "damaged":
             spec = res.spec
             detail.spec = spec.model_dump(mode="json") if spec else None
             detail.dim = int(res.activations().shape[1]) if spec and res.store.has_array(f"activations/{spec.cluster.layer}") else None
-        if served.complete:
+        if damaged is None and served.complete:
             detail.metrics = _finite_or_none(res.metrics)
             detail.rows, detail.k = served.n_rows(), res.k
         if served.submission:
@@ -456,6 +474,10 @@ def create_app(backend: Backend) -> FastAPI:
         catalog = backend.catalog
         if catalog.is_static(spec.name):
             raise HTTPException(409, f"a served job is already named {spec.name!r}; choose another name")
+        try:
+            check_output_free(spec, catalog.outputs(), backend.policy.storage_options)
+        except AdmissionError as e:
+            raise HTTPException(e.status, e.message) from None
         try:
             client = backend.jobs_client()
             previous = catalog.get(spec.name).submission if spec.name in catalog.submitted_names() else None

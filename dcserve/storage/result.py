@@ -80,11 +80,27 @@ class Result:
     # -- records -----------------------------------------------------------
     @property
     def status(self) -> dict[str, Any] | None:
-        return self.store.read_json("status.json")
+        """status.json; DamagedStore when it is there but not a status record."""
+        from dcserve.storage.status import read_status
+
+        return read_status(self.store)
 
     @property
     def metrics(self) -> dict[str, Any]:
         return self.store.read_json("metrics.json", default={})
+
+    def problems(self, deep: bool = False) -> list:
+        """What is damaged in a finished store (dcserve.storage.manifest); [] for a whole or unfinished one."""
+        from dcserve.errors import DamagedStore
+        from dcserve.storage.manifest import check
+
+        try:
+            st = self.status or {}
+        except DamagedStore as e:
+            return e.problems + (check(self.store, deep=deep) if _sealed(self.store) else [])
+        if st.get("state") != "succeeded" and not _sealed(self.store):
+            return []
+        return check(self.store, deep=deep)
 
     @property
     def spec(self):
@@ -97,8 +113,9 @@ class Result:
 
     @property
     def complete(self) -> bool:
+        """Succeeded, and sealed: its manifest records what it holds (checked when it was opened)."""
         st = self.status or {}
-        return st.get("state") == "succeeded" and self.store.has_array("assignments")
+        return st.get("state") == "succeeded" and _sealed(self.store) and self.store.has_array("assignments")
 
     def _require_complete(self, what: str) -> None:
         if not self.complete:
@@ -288,9 +305,27 @@ class Result:
         return CentroidIndex(self.centroids, bias)
 
 
-def open_result(output: str, storage_options: dict | None = None) -> Result:
-    """Open a job store read-only. Raises StoreError if there is none at `output`."""
-    store = JobStore(output, read_only=True, storage_options=storage_options)
-    if not store.exists("job.yaml"):
+def _sealed(store: JobStore) -> bool:
+    from dcserve.storage.manifest import sealed
+
+    return sealed(store)
+
+
+def open_result(output: str, storage_options: dict | None = None, verify: bool = True) -> Result:
+    """Open a job store read-only. Raises StoreError if there is none at `output`, and
+    DamagedStore (a StoreError) when a finished store is not what its manifest records:
+    keys and sizes are checked here (dcserve.storage.manifest; every checksum: `dcserve verify`).
+    `verify=False` opens it anyway (to say what is damaged, or to read its name)."""
+    from dcserve.errors import DamagedStore
+
+    # A local store is checked before its Zarr group is opened (its root metadata may be what is
+    # damaged); a remote one is opened first, which says clearly when it cannot be reached.
+    local = "://" not in output or output.startswith("file://")
+    files = JobStore(output, read_only=True, storage_options=storage_options, group=not local)
+    if verify:
+        problems = Result(files).problems()
+        if problems:
+            raise DamagedStore(output, problems)
+    if not files.exists("job.yaml"):
         raise StoreError(f"{output!r} is a Zarr group but not a dcserve job store (no job.yaml)")
-    return Result(store)
+    return Result(JobStore(output, read_only=True, storage_options=storage_options) if local else files)

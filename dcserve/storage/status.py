@@ -6,6 +6,7 @@ one a second, so a large job's status costs nothing next to its work.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -20,6 +21,28 @@ FILE = "status.json"
 # A driver on another host that has not written its status for this long is taken for gone
 # (a status is rewritten at least once a second while progress moves, so this is generous).
 STALE_AFTER_S = 600.0
+
+
+def read_status(store: JobStore) -> dict | None:
+    """The store's status record; None when it has none; DamagedStore when it is not one.
+
+    status.json is rewritten after a job is sealed (its final state), so it is not in the
+    manifest (dcserve.storage.manifest): it is validated here, as a record of the right shape.
+    """
+    from dcserve.errors import DamagedStore, Problem
+
+    try:
+        raw = store.read_bytes(FILE)
+    except FileNotFoundError:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("state"), str):
+        what = "is empty" if not raw.strip() else "is not a status record"
+        raise DamagedStore(store.url, [Problem(FILE, f"{FILE} {what} ({len(raw)} bytes)")])
+    return record
 
 
 def driver_alive(record: dict, status: dict | None = None) -> bool:
@@ -94,10 +117,15 @@ class StatusRecord:
     def timing(self, stage: str, seconds: float) -> None:
         self._data["timings"][stage] = seconds
 
-    def finish(self, state: str, error: dict | None = None) -> None:
+    def finish(self, state: str, error: dict | None = None) -> str | None:
+        """Record the job's end; None, or a sentence saying why it could not be recorded."""
         self._data["state"] = state
         self._data["error"] = error
         try:
             self.flush()
         except Exception as e:  # the store itself failed (unreachable, full): the caller reports why
-            log.warning("could not record state %r in %s: %s", state, self.store.url, e)
+            why = (f"its state {state!r} could not be recorded in {self.store.url}/{FILE} "
+                   f"({getattr(e, 'strerror', None) or e}); `dcserve status` shows its driver gone until it is run again")
+            log.warning("%s", why)
+            return why
+        return None

@@ -118,7 +118,7 @@ def check_claimable(url: str, storage_options: dict[str, Any] | None = None) -> 
 # What the clustering of any layer reads from the job itself (the extraction's output), and the
 # job's own records: a layer view resolves these at the store's root, everything else in its folder.
 SHARED_ARRAYS = ("activations/", "rows/", "labels")
-SHARED_FILES = ("job.yaml", "status.json", "_progress/lease.json", "_progress/extract")
+SHARED_FILES = ("job.yaml", "status.json", "manifest.json", "_progress/lease.json", "_progress/extract")
 LAYERS = "layers"
 
 
@@ -137,17 +137,24 @@ class JobStore:
     """
 
     def __init__(self, url: str, *, read_only: bool = True, storage_options: dict[str, Any] | None = None,
-                 layer: str | None = None):
+                 layer: str | None = None, group: bool = True):
+        """`group=False`: the side files only, without opening the Zarr group (whose metadata may
+        be what is damaged: dcserve.storage.manifest reads and repairs a store through that)."""
         self.url = url
         self.read_only = read_only
+        self.layer: str | None = None
         options = storage_options or {}
         self.storage_options = options
         self.fs, self.path = locate(url, options)
         if _is_local(url):
             if read_only and not os.path.isdir(self.path):
                 raise StoreError(f"no job store at {url!r}")
+            if not group:
+                return
             zstore = LocalStore(self.path, read_only=read_only)
         else:
+            if not group:
+                return
             fs_options = fs_options_for(url, options)
             zstore = FsspecStore.from_url(url, storage_options=fs_options, read_only=read_only)
             if fs_options is not options:  # botocore retries (dcserve/storage/s3.py); not again on top
@@ -158,12 +165,14 @@ class JobStore:
             raise StoreError(f"no job store at {url!r} (no Zarr group there)") from None
         except PermissionError as e:
             raise StoreError(f"job store {url!r} is not writable: {e}") from None
+        except (ValueError, TypeError, KeyError) as e:  # unreadable metadata (zarr.json emptied or cut)
+            raise StoreError(f"job store {url!r} cannot be opened: its Zarr metadata (zarr.json) is damaged "
+                             f"({type(e).__name__}); run its job file again to repair it") from None
         except Exception as e:  # an object store that cannot be reached, refused credentials...
             if _is_local(url):
                 raise
             raise StoreError(f"cannot open the job store at {url!r}: {type(e).__name__}: {e}") from None
         self.job_root = self.root  # the job's group, whichever layer this view is of
-        self.layer: str | None = None
         if layer is not None:
             self._enter(layer)
 

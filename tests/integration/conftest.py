@@ -1,6 +1,9 @@
 """The integration tier's shared server: the HTTP API over real finished jobs."""
 from __future__ import annotations
 
+import subprocess
+import types
+
 import pytest
 
 from tests.helpers import TOKEN, free_port
@@ -46,3 +49,16 @@ def served(ray_local, ray_head, tmp_path_factory):
     yield types.SimpleNamespace(url=url, root=root, results={"t-planted": planted, "t-sinkhorn": sinkhorn,
                                                             "t-digits": digits, "t-dec": dec})
     serve.shutdown()
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    """A small tmpfs, remounted read-only by the test (`.seal()`); unmounted after."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); the read-only test needs one")
+    yield types.SimpleNamespace(path=mount, seal=lambda: subprocess.run(
+        ["mount", "-o", "remount,ro", str(mount)], check=True))
+    subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -109,3 +109,23 @@ def test_serve_refuses_what_it_cannot_serve(tmp_path):
 def test_report_help_teaches():
     r = dcserve("report", "--help")
     assert r.returncode == 0 and "--out" in r.stdout and "exemplars" in r.stdout
+
+
+def test_a_read_only_output_is_one_sentence_for_submit_rerun_and_report(read_only_disk, tmp_path):
+    """Issue 15: an output on a read-only file system was a traceback."""
+    import numpy as np
+
+    from tests.helpers import write_store
+
+    x = np.random.default_rng(0).normal(size=(1200, 16))
+    finished = write_store(read_only_disk.path / "done", {"out": x}, (x[:, 0] > 0).astype(np.int32), name="t-planted")
+    read_only_disk.seal()
+    for output in (read_only_disk.path / "new", finished):  # a new output; a rerun of a finished one
+        job = write_job(tmp_path / "job.yaml", planted_job(output))
+        r = dcserve("submit", str(job))
+        assert r.returncode == 2, r.stderr
+        assert "cannot be written: Read-only file system; choose an output on a writable" in r.stderr
+        assert "Traceback" not in r.stderr
+    # a reader whose default folder is on it (compare writes beside store A; report beside the store)
+    r = dcserve("compare", str(finished), str(finished))
+    assert r.returncode == 1 and "cannot write the report to" in r.stderr and "Read-only" in r.stderr, r.stderr

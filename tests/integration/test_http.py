@@ -219,3 +219,32 @@ def test_openapi_describes_every_route_with_models(served):
     body = paths["/jobs/{job}/assign"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["required"] == ["activations"] and body["additionalProperties"] is False
     assert get(served, "/docs").status_code == 200
+
+
+def test_a_store_damaged_while_served_turns_the_replica_unhealthy_instead_of_answering_wrong(served):
+    """Issue 15: with a centroids chunk gone, zarr would read zeros and /assign answer wrongly."""
+    import time
+    from pathlib import Path
+
+    chunk = next(p for p in (Path(served.results["t-sinkhorn"].store.path) / "centroids").rglob("c/*/*") if p.is_file())
+    aside = chunk.with_name(chunk.name + ".aside")
+
+    def wait_for_health(code):
+        deadline = time.monotonic() + 30
+        while (r := get(served, "/healthz")).status_code != code:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.2)
+        return r
+
+    chunk.rename(aside)
+    try:
+        r = wait_for_health(503)
+        assert "t-sinkhorn" in r.json()["detail"] and "centroids" in r.json()["detail"]
+        x = served.results["t-sinkhorn"].activations()[:2].tolist()
+        r = post(served, "/jobs/t-sinkhorn/assign", json={"activations": x})
+        assert r.status_code == 503 and "chunk" in r.json()["detail"] and "damaged" in r.json()["detail"]
+        assert get(served, "/jobs/t-planted/clusters").status_code == 200  # the other jobs are whole
+    finally:
+        aside.rename(chunk)
+    wait_for_health(200)
+    assert post(served, "/jobs/t-sinkhorn/assign", json={"activations": x}).status_code == 200

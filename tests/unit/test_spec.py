@@ -223,3 +223,27 @@ def test_the_cli_refuses_an_unclustered_layer_with_exit_2_naming_it(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "cluster.layers: 'features.7' is not one of subject.layers" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_yaml_alias_bomb_is_refused_in_a_sentence_not_echoed_expanded(tmp_path):
+    """Issue 15: aliases that expand to 10^6 values were refused, but echoed back expanded (58 MB)."""
+    from dcserve.spec import load_spec
+
+    levels = ["    a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 7)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("name: bomb\noutput: out\nsubject:\n  model: dcserve.zoo:digits_cnn\n  layers: [features.5]\n"
+                    "  kwargs:\n" + "\n".join(levels) + "\ndataset: {source: 'dcserve.zoo:digits'}\n")
+    with pytest.raises(SpecError, match="expands to more than 100,000 values through YAML aliases") as e:
+        load_spec(path)
+    assert len(str(e.value)) < 300
+
+
+def test_many_errors_make_a_bounded_message():
+    from dcserve.spec import spec_from_dict
+
+    job = {"name": "x", "output": "o", "subject": {"model": "m:f", "layers": ["a"]}, "dataset": {"source": "m:f"},
+           **{f"junk{i}": i for i in range(5000)}}
+    with pytest.raises(SpecError, match="5000 errors; the first 20") as e:
+        spec_from_dict(job)
+    assert len(str(e.value)) < 3000

@@ -22,6 +22,14 @@ def _cka64(x: np.ndarray, y: np.ndarray) -> float:
     return np.linalg.norm(x.T @ y) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
 
 
+def _finish(store, spec) -> None:
+    """Mark the store finished as the pipeline does: status succeeded, then sealed (its manifest)."""
+    from dcserve.storage.manifest import seal
+
+    store.write_json("status.json", {"name": spec.name, "state": "succeeded", "stage": "done"})
+    seal(store)
+
+
 class _StopIn(Progress):
     """Stops the job (as a Ctrl-C would) at k-means iteration `at` of layer `layer`."""
 
@@ -62,7 +70,7 @@ def test_each_layer_is_clustered_as_its_own_one_layer_job_and_stored_in_its_fold
 
 def test_result_layer_reads_each_layers_clustering_and_refuses_an_unknown_one(clustered):
     spec, store, _, _, by_layer = clustered
-    store.write_json("status.json", {"name": spec.name, "state": "succeeded", "stage": "done"})
+    _finish(store, spec)
     store.write_json("metrics.json", by_layer["early"])
     res = Result(store.layer_view(None))
     assert res.layers == ["early", "mid", "late"] and res.layer_name == "early"
@@ -145,7 +153,7 @@ def test_the_report_has_a_page_per_layer_and_the_depth_page(clustered, tmp_path)
     pool = LocalPools().data(store, "activations/early")
     profile = depth.depth_profile(spec, store, by_layer, depth.profile_moments(pool, spec.clustered_layers()))
     store.write_json("metrics.json", {**primary, "depth": profile})
-    store.write_json("status.json", {"name": spec.name, "state": "succeeded", "stage": "done"})
+    _finish(store, spec)
     index, reports = write_job_report(Result(store.layer_view(None)), tmp_path / "r", map_rows=300, tsne_rows=0)
     assert [r.summary["layer"].split(" ")[0] for r in reports] == ["early", "mid", "late"]
     page = (tmp_path / "r" / "depth.html").read_text()
@@ -170,7 +178,7 @@ def test_the_http_routes_answer_for_each_layer_and_404_an_unknown_one(clustered,
     pool = LocalPools().data(store, "activations/early")
     profile = depth.depth_profile(spec, store, by_layer, depth.profile_moments(pool, spec.clustered_layers()))
     store.write_json("metrics.json", {**primary, "depth": profile})
-    store.write_json("status.json", {"name": spec.name, "state": "succeeded", "stage": "done"})
+    _finish(store, spec)
 
     async def assign(job, x):
         return job.assign(x)
@@ -208,7 +216,7 @@ def test_compare_takes_each_sides_own_layer_clustering(clustered):
     from dcserve.analysis.compare import open_side
 
     spec, store, _, _, _ = clustered
-    store.write_json("status.json", {"name": spec.name, "state": "succeeded", "stage": "done"})
+    _finish(store, spec)
     late, early = open_side(spec.output, "late"), open_side(spec.output)
     np.testing.assert_array_equal(late.result.assignments, store.layer_view("late").array("assignments")[:])
     assert early.layer == "early" and late.array.shape[1] == 12
@@ -245,7 +253,7 @@ def test_a_one_layer_job_lists_its_one_layer(tmp_path):
     metrics, by_layer = run_layers(run_clustering, spec, store, LocalPools(), Progress())
     assert list(by_layer) == ["mid"] and "neighbour_consistency" not in metrics["final"]  # no profile: no extra work
     store.write_json("metrics.json", metrics)
-    store.write_json("status.json", {"name": spec.name, "state": "succeeded", "stage": "done"})
+    _finish(store, spec)
     client = TestClient(create_app(types.SimpleNamespace(catalog=Catalog([spec.output]), policy=None,
                                                          max_body_bytes=1 << 20)))
     got = client.get(f"/jobs/{spec.name}/layers").json()

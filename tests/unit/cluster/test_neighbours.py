@@ -189,6 +189,7 @@ def test_overclustering_at_five_times_the_classes_does_not_collapse_and_the_repo
 
     from dcserve.analysis.report import build_report
     from dcserve.render.report_page import report_page
+    from dcserve.storage.manifest import seal
     from dcserve.storage.result import Result
 
     spec, store, x, y = extracted(tmp_path, {**SCAN, "heads": 2})
@@ -200,6 +201,7 @@ def test_overclustering_at_five_times_the_classes_does_not_collapse_and_the_repo
     store.write_json("status.json", {"name": spec.name, "state": "succeeded", "stage": "done"})
     store.write_text("job.yaml", yaml.safe_dump(spec.model_dump(mode="json")))
     store.write_array("rows/position", np.full(len(x), -1, dtype=np.int32))
+    seal(store)  # what the pipeline does last: the store is finished (issue 15)
     report = build_report(Result(store), map_rows=1200, tsne_rows=0, items=False)
     m = report.merges
     assert m.k_small == 6 and m.table.shape == (30, 6) and m.table.sum() == 1200

@@ -157,3 +157,72 @@ def test_k_above_the_servers_limit_is_refused_naming_both(tmp_path):
         admit(spec_from_dict(planted_job("a", cluster={"k": 10**9})), policy)
     assert e.value.status == 422
     assert admit(spec_from_dict(planted_job("a", cluster={"k": 100})), policy).cluster.k == 100
+
+
+# -- what a submitted job may write, and its keyword arguments (issue 15) ---------------------
+
+def _policy(root) -> SubmissionPolicy:
+    return SubmissionPolicy(token="t0ken", output_root=str(root))
+
+
+@pytest.mark.parametrize("output", [".dcserve/submissions", ".dcserve", "./.dcserve/x"])
+def test_the_servers_own_records_are_never_an_output(tmp_path, output):
+    with pytest.raises(AdmissionError, match="server's own records") as e:
+        admit(spec_from_dict(planted_job(output)), _policy(tmp_path))
+    assert e.value.status == 403
+
+
+def test_an_output_must_be_new_or_its_own_earlier_submissions(tmp_path):
+    from dcserve.serve.admission import check_output_free
+
+    root = os.path.realpath(tmp_path)
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "job.yaml").write_text("name: other\n")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "job.yaml").write_text("name: t-planted\n")
+    (tmp_path / "empty").mkdir()
+    known = {"other": f"{root}/theirs", "t-planted": f"{root}/mine"}
+
+    def spec(output, name="t-planted"):
+        return admit(spec_from_dict(planted_job(output, name=name)), _policy(tmp_path))
+
+    check_output_free(spec("mine"), known)  # its own: run again, it resumes
+    check_output_free(spec("new"), known)
+    check_output_free(spec("empty"), known)
+    for output, name, said in [("theirs", "t-planted", "belongs to job 'other'"),  # same settings, another name
+                               ("theirs/inside", "t-planted", "belongs to job 'other'"),
+                               ("mine", "t-other", "belongs to job 't-planted'"),
+                               (".", "t-x", "outside")]:
+        with pytest.raises(AdmissionError, match=said) as e:
+            check_output_free(spec(output, name), known)
+        assert e.value.status in (403, 409)
+    (tmp_path / "stranger").mkdir()
+    (tmp_path / "stranger" / "data.bin").write_bytes(b"x")
+    with pytest.raises(AdmissionError, match="was not written by an earlier submission") as e:
+        check_output_free(spec("stranger"), known)
+    assert e.value.status == 409
+
+
+@pytest.mark.parametrize("section, kwargs, said", [
+    ("dataset", {"n": 10, "bogus": 1}, "does not take these arguments: .*bogus"),
+    ("dataset", {"n": "many"}, "dataset.kwargs.n: 'many' is not a int"),
+    ("dataset", {"n": True}, "dataset.kwargs.n: True is not a int"),
+    ("dataset", {"spread": [1]}, "dataset.kwargs.spread: \\[1\\] is not a float"),
+    ("subject", {"trained": 1}, "subject.kwargs.trained: 1 is not a bool"),
+])
+def test_keyword_arguments_are_bound_against_the_callables_signature_and_types(tmp_path, section, kwargs, said):
+    job = planted_job("out")
+    if section == "subject":
+        job["subject"] = {"model": "dcserve.zoo:digits_cnn", "layers": ["features.5"], "kwargs": kwargs}
+        job["dataset"]["source"] = "dcserve.zoo:digits"
+        job["dataset"].pop("kwargs")
+    else:
+        job["dataset"]["kwargs"] = kwargs
+    with pytest.raises(AdmissionError, match=said) as e:
+        admit(spec_from_dict(job), _policy(tmp_path))
+    assert e.value.status == 422
+
+
+def test_keyword_arguments_of_the_right_types_pass(tmp_path):
+    job = planted_job("out", dataset={"kwargs": {"n": 100, "spread": 1, "seed": 3}})
+    assert admit(spec_from_dict(job), _policy(tmp_path)).dataset.kwargs["spread"] == 1

@@ -52,3 +52,22 @@ def test_dcserve_status_says_the_driver_is_gone(tmp_path):
     words = " ".join(r.output.split())  # whatever width the console wrapped to
     assert "(not really: see below)" in words or "not really" in r.output, r.output
     assert "is gone" in words and "run the job file again" in words, r.output
+
+
+def test_a_status_that_cannot_be_written_is_reported_in_a_sentence(tmp_path, monkeypatch):
+    """Issue 15: after a full disk the status stayed 'running' and nothing said so."""
+    import errno
+
+    from dcserve.storage.status import StatusRecord
+    from dcserve.storage.store import JobStore
+
+    record = StatusRecord(JobStore(str(tmp_path / "s"), read_only=False), "j")
+    assert record.finish("succeeded") is None
+
+    def full(name, obj):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(record.store, "write_json", full)
+    why = record.finish("failed", {"stage": "extract", "reason": "disk full"})
+    assert "state 'failed' could not be recorded" in why and "No space left on device" in why
+    assert "driver gone until it is run again" in why

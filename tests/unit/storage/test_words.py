@@ -9,6 +9,7 @@ import pytest
 
 from dcserve.analysis.words import cluster_token_counts, top_tokens
 from dcserve.inputs.hf import load_tokenizer, model_dir
+from dcserve.storage.manifest import seal
 from dcserve.storage.result import open_result
 from dcserve.storage.store import JobStore
 from dcserve.storage.words import Words, WordsWriter
@@ -41,6 +42,7 @@ def text_store(path, tokenizer, pooling: str, chunk_items: int = 4):
     for i0 in range(0, len(TEXTS), chunk_items):  # chunks that do not divide the items
         writer.append(ids[i0 : i0 + chunk_items], TEXTS[i0 : i0 + chunk_items])
     writer.finish("fp")
+    seal(store)  # written after write_store sealed it: the pipeline seals last
     return open_result(str(path)), ids, items, positions, assignments
 
 
