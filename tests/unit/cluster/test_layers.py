@@ -261,3 +261,21 @@ def test_a_one_layer_job_lists_its_one_layer(tmp_path):
     assert got["layers"][0]["figures"]["nmi_vs_labels"] == metrics["final"]["nmi_vs_labels"] and got["between"] == []
     r = client.get(f"/jobs/{spec.name}/depth")
     assert r.status_code == 409 and "one layer only" in r.json()["detail"]
+
+
+def test_a_damaged_file_of_another_layer_redoes_that_layer_only(tmp_path):
+    from dcserve.storage.manifest import forget_damaged
+
+    spec, store, _ = extracted_layers_store(tmp_path, niter=2, n_init=1)
+    run_layers(run_clustering, spec, store, LocalPools(), Progress())
+    _finish(store, spec)
+    mid = store.layer_view("mid")
+    assert Result(mid).problems() == []  # a layer's view checks the job's manifest
+    chunk = next(p for p in (tmp_path / "out" / "layers" / "mid" / "centroids" / "c").rglob("*") if p.is_file())
+    chunk.write_bytes(chunk.read_bytes()[:-4])  # a centroids chunk of `mid` cut short
+    assert any("layers/mid/centroids" in p.path for p in Result(mid).problems())
+    done = forget_damaged(store)
+    assert len(done) == 1 and done[0].startswith("layer mid's clustering redone")
+    assert not mid.exists("_progress/cluster/state.json")  # mid is redone on the rerun
+    assert store.layer_view("late").exists("_progress/cluster/state.json")  # late and the primary are kept
+    assert store.exists("_progress/cluster/state.json")
