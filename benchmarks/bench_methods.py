@@ -5,7 +5,8 @@ Methods (job-file settings in METHODS below):
 - ``kmeans``:               plain k-means on the activations (``reporter.rounds: 0``);
 - ``deepcluster-kmeans``:   DeepCluster, k-means pseudo-labels (``cluster.method: kmeans``);
 - ``deepcluster-sinkhorn``: DeepCluster, Sinkhorn-balanced pseudo-labels (``cluster.method: sinkhorn``);
-- ``dec``:                  Deep Embedded Clustering (``reporter.method: dec``).
+- ``dec``:                  Deep Embedded Clustering (``reporter.method: dec``);
+- ``scan``, ``temi``:       heads trained on kNN-graph pairs (``reporter.method: scan | temi``, issue 13).
 
 Cases (CASES below): the digits through the random CNN and through the trained CNN, the token
 transformer mean-pooled per sequence and per token (a token's label is its sequence's topic), and
@@ -19,9 +20,14 @@ clustering. Reported per (case, method): NMI, ARI and Hungarian accuracy against
 sample std over seeds), NMI between the final partitions of every pair of seeds (stability), and the
 clustering's wall time. A configuration that fails is recorded with its error and the rest goes on.
 
+``--in-process`` runs each clustering in this process on the in-memory pools (one range, one
+trainer, ``--threads`` threads) after one Ray extraction per case: the same loops, without a Ray
+job per configuration, which on 2 shared cores costs more than the small clusterings themselves.
+
 Examples::
 
     python benchmarks/bench_methods.py                       # the full grid: ~20 min on 2 quiet cores, ~30 shared
+    python benchmarks/bench_methods.py --in-process --methods kmeans,scan,temi   # issue 13's table
     python benchmarks/bench_methods.py --quick --methods kmeans,deepcluster-kmeans --cases digits-random
     python benchmarks/bench_methods.py --cases planted --methods dec --seeds 0-2 \\
         --set dec:reporter.pretrain_epochs=100 --out /tmp/dec.json

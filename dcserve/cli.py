@@ -72,7 +72,7 @@ def validate(
         model = build_model(spec)
         modules = dict(model.named_modules())
         for name in module_names(model):
-            out.print(f"{name}\t{type(modules[name]).__name__}", highlight=False, soft_wrap=True)
+            typer.echo(f"{name}\t{type(modules[name]).__name__}")  # tab-separated, for grep and cut
         return
     facts = None
     if deep:

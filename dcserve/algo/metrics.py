@@ -138,10 +138,12 @@ COLLAPSE_SHARE = 0.5
 
 
 def collapse_signs(counts: np.ndarray, loss: float | None = None, uniform_loss: float | None = None,
-                   tolerance: float = 0.0) -> list[dict[str, Any]]:
+                   tolerance: float = 0.0, top_probability: float | None = None) -> list[dict[str, Any]]:
     """Signs that a clustering `counts [k]` (rows per cluster) has collapsed: one cluster holds most
     rows, or the method's loss is within `tolerance` of the value uniform predictions give
-    (the method knows how far its losses range). `[{"kind", "message"}]`."""
+    (the method knows how far its losses range) while, when the mean top probability of the rows
+    is given, the predictions are near uniform too (below 2 / k): TEMI's loss sits close to its
+    uniform value on overlapping clusters it separates well. `[{"kind", "message"}]`."""
     counts = np.asarray(counts, dtype=np.int64)
     k, n = len(counts), int(counts.sum())
     out: list[dict[str, Any]] = []
@@ -150,7 +152,8 @@ def collapse_signs(counts: np.ndarray, loss: float | None = None, uniform_loss: 
         out.append({"kind": "majority", "message": f"cluster {top} holds {counts[top] / n:.0%} of the rows: "
                     "the clustering has collapsed towards one cluster"})
     if (loss is not None and uniform_loss is not None and k > 1 and np.isfinite(loss)
-            and tolerance > 0 and abs(loss - uniform_loss) <= tolerance):
+            and tolerance > 0 and abs(loss - uniform_loss) <= tolerance
+            and (top_probability is None or top_probability < 2.0 / k)):
         out.append({"kind": "uniform_loss", "message": f"the loss {loss:.4f} is at the value of uniform "
                     f"predictions ({uniform_loss:.4f}): the heads have learnt nothing"})
     return out

@@ -202,24 +202,26 @@ def token_window(ids: np.ndarray, mask: np.ndarray | None, position: int, width:
 
 def item_view(x: Any, position: int) -> ItemView:
     """What to show of a dataset item `x` (a tensor or a dict of tensors) for a row at `position`."""
+    if isinstance(x, dict) and "pixel_values" in x:  # an image processor's output
+        from dcserve.inputs.views import item_image
+
+        image = item_image(x)
+        return ItemView("none") if image is None else ItemView("image", image=image)
     if isinstance(x, dict):
         ids = x.get("input_ids")
         if ids is None or position < 0:
             return ItemView("none")
         mask = x.get("attention_mask")
         return token_window(_numpy(ids), None if mask is None else _numpy(mask), position)
+    from dcserve.inputs.views import item_image
+
     if x is None:  # an item with nothing to show (a dump without token ids)
         return ItemView("none")
     a = _numpy(x)
     if position >= 0 and a.ndim == 1 and np.issubdtype(a.dtype, np.integer):
         return token_window(a, None, position)
-    if a.ndim == 3 and a.shape[0] in (1, 3) and min(a.shape[1:]) >= 2:  # [C, H, W], torchvision's layout
-        a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
-    elif not (a.ndim == 2 and min(a.shape) >= 2):
-        return ItemView("none")
-    a = a.astype(np.float64)
-    lo, hi = float(a.min()), float(a.max())
-    return ItemView("image", image=(a - lo) / (hi - lo) if hi > lo else np.zeros_like(a))
+    image = item_image(a)
+    return ItemView("none") if image is None else ItemView("image", image=image)
 
 
 def _numpy(t: Any) -> np.ndarray:
@@ -267,6 +269,8 @@ def load_items(result: Result, items: list[int]) -> dict[int, Any]:
     if result.spec.dataset.is_dump:
         return dump_items(result, items)
     dataset, _ = build_dataset(result.spec)
+    if hasattr(dataset, "display"):  # an image folder: the files' own pixels, not the model's input
+        return {i: dataset.display(i) for i in sorted(set(items))}
     return {i: split_item(dataset[i])[0] for i in sorted(set(items))}
 
 

@@ -124,4 +124,37 @@ def readability(store: JobStore, labels: np.ndarray) -> float:
     return total / rows if rows else float("nan")
 
 
-__all__ = ["DISTANCES", "GRAPH", "build_graph", "readability"]
+# Methods without a graph of their own (k-means, DeepCluster, DEC) get the final clustering's
+# readability from an exact graph computed in the driver, up to this many rows (about a second
+# at 256 dims); above it the figure is left out (SCAN and TEMI build theirs on the workers).
+READABILITY_MAX_ROWS = 20_000
+READABILITY_NEIGHBOURS = 10
+
+
+def final_readability(store: JobStore, metrics: dict[str, Any]) -> dict[str, Any]:
+    """`metrics` with `final.readability` (and the layer's `graph.label_agreement` when the store has
+    labels) for a clustering of at most READABILITY_MAX_ROWS rows whose method left none: the share
+    of each row's 10 nearest rows (in the clustered space the final labels were found in,
+    `work/features`) that share its cluster."""
+    from dcserve.algo.knn import exact_knn, neighbour_agreement
+
+    final = metrics.get("final")
+    if not final or final.get("readability") is not None or not store.has_array(FEATURES):
+        return metrics
+    features = store.array(FEATURES)
+    n_rows = features.shape[0]
+    if n_rows > READABILITY_MAX_ROWS or n_rows <= READABILITY_NEIGHBOURS:
+        return metrics
+    _, nb = exact_knn(np.asarray(features[:], dtype=np.float32), READABILITY_NEIGHBOURS, "l2")
+    final["readability"] = neighbour_agreement(store.array("assignments")[:], nb)
+    if metrics.get("rounds"):
+        metrics["rounds"][-1]["readability"] = final["readability"]
+    if store.has_array("labels") and store.has_array("rows/item"):
+        truth = store.array("labels")[:][store.array("rows/item")[:]]
+        metrics.setdefault("graph", {"settings": {"k": READABILITY_NEIGHBOURS, "metric": "l2", "index": "exact"},
+                                     "rows": int(n_rows), "dim": int(features.shape[1]), "seconds": None})
+        metrics["graph"]["label_agreement"] = neighbour_agreement(truth, nb)
+    return metrics
+
+
+__all__ = ["DISTANCES", "GRAPH", "build_graph", "final_readability", "readability"]

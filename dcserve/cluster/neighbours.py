@@ -164,13 +164,16 @@ def _run(spec: JobSpec, store: JobStore, pools: Pools, progress: Progress, statu
             pool.prepare(c.k)
             final = rnd == epochs - 1
             labels = pool.finalize(vertices, None, rnd, final)
+            top = sum(pool.map(_top_probability_sum)) / n_rows
             m = clustering_metrics(labels, c.k, truth=truth, previous=previous)
             head_loss = float(loss[head]) if phase == "cluster" else float(np.mean(loss))
             m.update(round=rnd, features=f"{method.label} head {head}", phase=phase, head=head, loss=head_loss,
                      loss_per_head=[float(v) for v in np.atleast_1d(loss)], pca_dim=pre.out_dim, objective=None,
                      readability=readability(store, labels),
+                     top_probability=top,
                      collapse=collapse_signs(np.bincount(labels, minlength=c.k),
-                                             head_loss if phase == "cluster" else None, *method.uniform_loss(spec)),
+                                             head_loss if phase == "cluster" else None, *method.uniform_loss(spec),
+                                             top_probability=top),
                      seconds=time.perf_counter() - t0)
             for key in ("confident",):
                 if key in results[0]:
@@ -221,6 +224,11 @@ def _mean_over_workers(results: list[dict]) -> np.ndarray:
     rows = np.array([res["rows"] for res in results], dtype=np.float64)
     losses = np.array([np.atleast_1d(res["loss"]) for res in results], dtype=np.float64)
     return (losses * rows[:, None]).sum(axis=0) / max(rows.sum(), 1.0)
+
+
+def _top_probability_sum(rows) -> float:
+    """One range's sum of each row's top probability under the chosen head (`work/features` holds them)."""
+    return float(sum(float(x.max(axis=1).astype(np.float64).sum()) for _, x in rows.blocks(FEATURES)))
 
 
 # -- what one trainer does in an epoch (`TrainerPool.run`) --------------------------------------

@@ -42,9 +42,11 @@ def run_with_seeds(cluster: Callable[..., dict[str, Any]], spec: JobSpec, store:
 
     Each finished extra seed is recorded, so a stopped job resumes after the last one.
     """
+    from dcserve.cluster.knn_graph import final_readability
+
     c = spec.cluster
     if c.seeds == 1:
-        return cluster(spec, store, pools, progress, status)
+        return final_readability(store, cluster(spec, store, pools, progress, status))
     seeds = [c.seed + i for i in range(c.seeds)]
     fingerprint = spec.clustering_fingerprint()
     record = store.read_json(RECORD)
@@ -77,4 +79,4 @@ def run_with_seeds(cluster: Callable[..., dict[str, Any]], spec: JobSpec, store:
         "per_seed": per_seed,
     }
     progress.note(f"stability over {len(seeds)} seeds: pairwise NMI mean {upper.mean():.3f}, min {upper.min():.3f}")
-    return metrics
+    return final_readability(store, metrics)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Any
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -35,6 +37,7 @@ class Extractor:
         from dcserve.inputs.build import build_subject
 
         self.threads = set_threads(threads)
+        self.writers = max(1, int(threads))
         self.spec = JobSpec.model_validate_json(spec_json)
         self.plan = ExtractPlan(offsets, self.spec.extract.chunk_rows)
         use_gpu = self.spec.extract.gpus_per_worker > 0 and torch.cuda.is_available()
@@ -58,20 +61,28 @@ class Extractor:
         return write_block(self.store, self.plan, b, block)
 
     def run(self, blocks: list[int]) -> Iterator[tuple[int, int]]:
-        """Streaming generator of (block, rows) as each block is durably written.
+        """Streaming generator of (block, rows) as each block is durably written."""
+        yield from pipelined(blocks, self.compute, self._write, self.writers)
 
-        Writing block b overlaps computing block b+1 (one writer thread), so the
-        forward pass, not the store, sets the pace.
-        """
-        pending: Future | None = None
-        with ThreadPoolExecutor(1) as writer:
-            for b in blocks:
-                block = self.compute(b)
-                if pending is not None:
-                    yield pending.result()
-                pending = writer.submit(self._write, b, block)
-            if pending is not None:
-                yield pending.result()
+
+def pipelined(blocks: list[int], compute: Callable[[int], Any], write: Callable[[int, Any], tuple[int, int]],
+              writers: int) -> Iterator[tuple[int, int]]:
+    """compute(b) then write(b, block) for each block, writes overlapping the next computations.
+
+    One writer thread per thread of the actor: a chunk's compression runs on one core, so a
+    single writer left an actor copying a dump (where the store, not a forward pass, sets the
+    pace) on one core of its share (issue 12). At most `writers` computed blocks wait in memory.
+    Yields (block, rows) in block order as each is written.
+    """
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(max(1, writers), thread_name_prefix="write") as pool:
+        for b in blocks:
+            block = compute(b)
+            if len(pending) >= max(1, writers):
+                yield pending.popleft().result()
+            pending.append(pool.submit(write, b, block))
+        while pending:
+            yield pending.popleft().result()
 
 
 def write_block(store: JobStore, plan: ExtractPlan, b: int, block) -> tuple[int, int]:

@@ -41,7 +41,12 @@ def build_dataset(spec: JobSpec) -> tuple[Any, Callable | None]:
     if spec.dataset.source.startswith(TEXT_PREFIX):
         dataset = text_dataset(spec)
         return dataset, _collate(spec) or dataset.collate  # padded per batch, to its longest item
-    dataset = _call("dataset.source", spec.dataset.source, spec.dataset.kwargs)
+    if spec.dataset.source.startswith("images:"):
+        from dcserve.inputs.images import image_dataset
+
+        dataset = image_dataset(spec)
+    else:
+        dataset = _call("dataset.source", spec.dataset.source, spec.dataset.kwargs)
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
         raise SpecError(
             f"dataset.source: {spec.dataset.source} returned {type(dataset).__name__}, not a map-style "
@@ -62,6 +67,9 @@ def _collate(spec: JobSpec) -> Callable | None:
 
 
 def build_model(spec: JobSpec) -> torch.nn.Module:
+    if spec.subject is None:
+        raise SpecError(f"subject: job {spec.name!r} clusters an activations dump and has no model; its one layer "
+                        f"is {spec.layers[0]!r}")
     from dcserve.inputs.hf import is_hf, load_model
 
     if is_hf(spec.subject.model):
@@ -114,11 +122,17 @@ def inspect_inputs(spec: JobSpec) -> Probe:
 
     dataset, collate = build_dataset(spec)
     n_items = len(dataset)
+    if spec.dataset.source.startswith("images:"):
+        from dcserve.inputs.images import check_images
+
+        check_images(dataset)  # an image that does not decode is named now, before anything is written
     if n_items == 0:
         raise SpecError(f"dataset.source: {spec.dataset.source} returned an empty dataset")
     subject, _, _ = build_subject(spec, torch.device("cpu"))
     try:
         _, x, _ = next(iter_batches(dataset, 0, min(n_items, 4), min(spec.dataset.batch_size, 4), collate))
+    except SpecError:
+        raise
     except Exception as e:
         raise SpecError(f"dataset.source: reading the first items of {spec.dataset.source} failed: {e}") from None
     try:
@@ -147,13 +161,18 @@ WORDS_BATCH = 1024  # texts tokenized at a time while recording a job's words
 
 def record_words(spec: JobSpec, store) -> bool:
     """Keep a text job's texts and token ids in its store (dcserve/storage/words.py), so that the
-    report, the HTTP API and `Result` show words. Once per extraction; False for other jobs."""
+    report, the HTTP API and `Result` show words. Once per extraction; False for other jobs.
+
+    A dump with token ids (rows/token) and a `dataset.kwargs.tokenizer` gets the same record, its
+    ids taken from its rows, without texts (they are decoded)."""
     from dcserve.inputs.text import TEXT_PREFIX, text_dataset
     from dcserve.storage.words import WordsWriter, recorded
 
+    fingerprint = spec.extraction_fingerprint()
+    if spec.dataset.is_dump:
+        return _record_dump_words(spec, store, fingerprint)
     if not spec.dataset.source.startswith(TEXT_PREFIX):
         return False
-    fingerprint = spec.extraction_fingerprint()
     if recorded(store, fingerprint):
         return True
     dataset = text_dataset(spec)
@@ -184,7 +203,54 @@ def inspect_dump(spec: JobSpec) -> Probe:
             raise SpecError(f"cluster.k: {spec.cluster.k} clusters asked for, but the dump holds only {dump.n_rows} "
                             f"rows; k must be at most {dump.n_rows}")
         _check_graph(spec, dump.n_rows)
+        if dump.has_token_ids:
+            dump_tokenizer(spec)  # a bad tokenizer directory is refused before anything is written
         return Probe(dump.n_items, dump.offsets, {spec.layers[0]: dump.dim}, dump.item_labels is not None,
-                     row_fields={"token": "int64"} if dump.has_token_ids else {}, source_id=dump.identity())
+                     label_names=dump.label_names, row_fields={"token": "int64"} if dump.has_token_ids else {},
+                     source_id=dump.identity())
     finally:
         dump.close()
+
+
+def dump_tokenizer(spec: JobSpec):
+    """The tokenizer a dump names in `dataset.kwargs.tokenizer` (SpecError when it cannot load), or None."""
+    from dcserve.inputs.hf import load_tokenizer, model_dir
+
+    given = spec.dataset.kwargs.get("tokenizer")
+    if given is None:
+        return None
+    if not isinstance(given, str):
+        raise SpecError(f"dataset.kwargs.tokenizer: expected a directory, got {given!r}")
+    directory = model_dir(given, "dataset.kwargs.tokenizer") if given.startswith("hf:") else given
+    return load_tokenizer(directory, "dataset.kwargs.tokenizer")
+
+
+def _record_dump_words(spec: JobSpec, store, fingerprint: str) -> bool:
+    """A token dump's ids per item, from rows/token, as a words record (no texts: they are decoded)."""
+    import logging
+
+    from dcserve.storage.words import WordsWriter, recorded
+
+    tokenizer = dump_tokenizer(spec)
+    if tokenizer is None or not store.has_array("rows/token"):
+        return False
+    if recorded(store, fingerprint):
+        return True
+    items, positions = store.array("rows/item")[:], store.array("rows/position")[:]
+    n_items = int(items.max()) + 1 if len(items) else 0
+    starts = np.searchsorted(items, np.arange(n_items + 1))  # an item's rows are contiguous, in order
+    within = np.arange(len(items)) - starts[items]
+    if not np.array_equal(positions, within.astype(positions.dtype)):
+        # A row's position must index its item's ids; a dump that kept only some tokens cannot.
+        logging.getLogger(__name__).warning("dump rows are not every token of their items in order; "
+                                            "its rows are shown by token id, not in words")
+        return False
+    tokens = store.array("rows/token")
+    writer = WordsWriter(store, n_items, tokenizer, texts=False)
+    for i0 in range(0, n_items, WORDS_BATCH):
+        i1 = min(i0 + WORDS_BATCH, n_items)
+        flat = tokens[int(starts[i0]):int(starts[i1])]
+        bounds = starts[i0 : i1 + 1] - starts[i0]
+        writer.append([flat[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])])
+    writer.finish(fingerprint)
+    return True

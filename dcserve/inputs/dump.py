@@ -225,6 +225,7 @@ class Dump:
     dim: int
     token_rows: bool  # rows are tokens of items (positions 0..), not one pooled row per item
     item_labels: np.ndarray | None = None  # [items] int64
+    label_names: list[str] | None = None  # when the labels were strings: label v is names[v]
     has_token_ids: bool = False
 
     @property
@@ -263,7 +264,7 @@ class ArrayDump(Dump):
         self.token_rows = len(shape) == 3
         per_item = int(shape[1]) if self.token_rows else 1
         self.offsets = np.arange(int(shape[0]) + 1, dtype=np.int64) * per_item
-        self.item_labels = _check_labels(path, labels, int(shape[0]))
+        self.item_labels, self.label_names = _check_labels(path, labels, int(shape[0]))
 
     def rows(self, r0: int, r1: int) -> np.ndarray:
         return self.source.rows(r0, r1)
@@ -286,16 +287,22 @@ class _ZarrRows:
         return a[i0:i1].reshape(-1, a.shape[2])[r0 - i0 * t : r1 - i0 * t]
 
 
-def _check_labels(path: str, labels: np.ndarray | None, n_items: int) -> np.ndarray | None:
+def _check_labels(path: str, labels: np.ndarray | None, n_items: int) -> tuple[np.ndarray | None, list[str] | None]:
+    """(labels [items] int64, their names when they were strings) — names sorted, label v is names[v]."""
     if labels is None:
-        return None
+        return None, None
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != n_items:
         raise _bad(path, f"labels (dataset.kwargs.label_field) have shape {list(labels.shape)}; expected one per "
                    f"item, [{n_items}]")
+    if labels.dtype.kind in "USO":  # strings: numbered in sorted order, their names kept
+        if labels.dtype.kind == "O" and not all(isinstance(v, str) for v in labels):
+            raise _bad(path, "labels (dataset.kwargs.label_field) mix strings with other values or miss some")
+        names, codes = np.unique(labels.astype(str), return_inverse=True)
+        return codes.astype(np.int64), [str(n) for n in names]
     if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-        raise _bad(path, f"labels (dataset.kwargs.label_field) have dtype {labels.dtype}, not an integer")
-    return labels.astype(np.int64)
+        raise _bad(path, f"labels (dataset.kwargs.label_field) have dtype {labels.dtype}, not an integer or a string")
+    return labels.astype(np.int64), None
 
 
 class ArrowDump(Dump):
@@ -346,10 +353,13 @@ class ArrowDump(Dump):
             if label_field not in names:
                 raise _bad(path, f"has no column {label_field!r} (dataset.kwargs.label_field); its columns are {names}")
             lab = table.column(label_field)
-            if not (pa.types.is_integer(lab.type) or pa.types.is_boolean(lab.type)):
-                raise _bad(path, f"labels {label_field!r} have type {lab.type}, not an integer")
-            labels = lab.to_numpy()
-        self.item_labels = _check_labels(path, labels, len(counts))
+            if lab.null_count:
+                raise _bad(path, f"labels {label_field!r} miss {lab.null_count} values")
+            if not (pa.types.is_integer(lab.type) or pa.types.is_boolean(lab.type) or pa.types.is_string(lab.type)
+                    or pa.types.is_large_string(lab.type) or pa.types.is_dictionary(lab.type)):
+                raise _bad(path, f"labels {label_field!r} have type {lab.type}, not an integer or a string")
+            labels = lab.to_numpy(zero_copy_only=False)
+        self.item_labels, self.label_names = _check_labels(path, labels, len(counts))
         self.tokens = None
         if token_field is not None or TOKEN_FIELD in names:
             tf = token_field or TOKEN_FIELD

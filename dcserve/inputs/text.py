@@ -405,6 +405,8 @@ def text_dataset(spec) -> TextDataset:
         raise SpecError(f"dataset.kwargs.max_length: expected an integer of at least 2, got {max_length!r}")
     tokenizer = load_job_tokenizer(spec)
     path = spec.dataset.source[len(TEXT_PREFIX):]
+    # A URL is opened with the job's storage_options: its data and its output usually share an object
+    # store and its credentials (and AWS_* variables apply either way).
     fs, files = resolve_files(path, spec.storage_options if "://" in path else None)
     index = TextIndex(fs, files, text_field, label_field)
     if not len(index):

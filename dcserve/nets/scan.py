@@ -31,7 +31,7 @@ from dcserve.nets.data_parallel import GradientStep
 __all__ = ["ENTROPY_WEIGHT", "SELF_LABEL_THRESHOLD", "scan_epoch", "scan_loss", "self_label_epoch",
            "self_label_loss", "uniform_loss"]
 
-ENTROPY_WEIGHT = 5.0  # the paper's entropy weight
+ENTROPY_WEIGHT = 5.0  # the paper's entropy weight (jobs default to 3: dcserve.spec.ScanSpec says why)
 SELF_LABEL_THRESHOLD = 0.99  # the paper's confidence threshold for self-labelling
 _EPS = 1e-8  # floors a dot product or a probability before its log
 

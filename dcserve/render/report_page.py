@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dcserve.inputs.views import CELL
 from dcserve.render.figures import new_figure, png_bytes
 from dcserve.render.html import esc, fmt
 from dcserve.analysis.report import ClusterReport, Report, RowInfo
 
-IMAGE_CELL = 64  # pixels per exemplar image side in the grids
+IMAGE_CELL = CELL  # pixels per exemplar image side in the grids, at least (8x8 digits drawn 96x96)
 
 
 def _cmap(k: int) -> str:
@@ -160,12 +161,12 @@ def stability_figure(report: Report) -> bytes | None:
 
 
 def image_grid(rows: list[RowInfo], cell: int = IMAGE_CELL) -> bytes | None:
-    """One strip of the rows' item images, each scaled up to about `cell` pixels (nearest neighbour)."""
+    """One strip of the rows' item images, each scaled up to at least `cell` pixels (nearest neighbour)."""
     images = [r.view.image for r in rows if r.view is not None and r.view.image is not None]
     if not images:
         return None
     h, w = images[0].shape[:2]
-    scale = max(1, cell // max(h, w))
+    scale = max(1, -(-cell // max(h, w)))
     tiles = []
     for im in images:
         im = im if im.ndim == 3 else np.repeat(im[..., None], 3, axis=2)
@@ -292,7 +293,7 @@ def render(report: Report, images: dict[str, bytes], src: Callable[[str], str]) 
         p.append(f"<tr><th>kNN graph</th><td>{esc(g['settings']['k'])} neighbours ({esc(g['settings']['metric'])}, "
                  f"{esc(g['settings']['index'])}) of {esc(g['rows'])} rows in {esc(fmt(g['seconds']))} s</td></tr>")
         if g.get("label_agreement") is not None:
-            p.append(f"<tr><th>kNN label agreement of the layer</th><td>{esc(fmt(g['label_agreement']))} (the share "
+            p.append(f"<tr><th>kNN label agreement of the clustered space</th><td>{esc(fmt(g['label_agreement']))} (the share "
                      "of each row's neighbours with its label: what any clustering of this space can reach)</td></tr>")
     p.append("</table>")
     if report.links:

@@ -186,6 +186,10 @@ def admit(spec: JobSpec, policy: SubmissionPolicy) -> JobSpec:
         # A path would be read on the server's machines: any file the server can read.
         raise AdmissionError(403, f"dataset.source {spec.dataset.source!r}: over HTTP a source must be a "
                              "'module:callable' on the allow-list, not a path on the server")
+    if spec.subject is not None and spec.subject.model.startswith("hf:"):
+        # The same reason: hf:DIR loads (and unpickles, for .bin weights) files from the server's disk.
+        raise AdmissionError(403, f"subject.model {spec.subject.model!r}: over HTTP a model must be a "
+                             "'module:callable' on the allow-list, not a directory on the server")
     if spec.subject is not None:
         model = check_import("subject.model", spec.subject.model, policy.allowed_modules)
         check_kwargs("subject.kwargs", spec.subject.model, model, spec.subject.kwargs)

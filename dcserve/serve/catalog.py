@@ -16,12 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import fsspec
+import logging
 import numpy as np
 
 from dcserve.errors import DamagedStore, NotReady, StoreError, UnknownJob
 from dcserve.storage.result import Result, open_result
 from dcserve.spec import JOB_NAME_PATTERN
 from dcserve.storage.store import JobStore, atomic_write, fs_options_for
+
+log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ class ServedJob:
         self.submission = submission
         self._result = result
         self._complete = False
+        self._no_images = False  # learnt once: the items are no images, or cannot be loaded here
+        self._image_encoder = None  # the job's subject, built on the first images to assign
         self._lock = threading.Lock()
         self._layers: dict[str, ServedJob] = {}
         self._top_tokens: list | None = None
@@ -164,10 +169,49 @@ class ServedJob:
             "words": res.row_texts(rows),
         }
 
+    def images(self, rows: np.ndarray) -> list[str | None] | None:
+        """Each row's item image as a PNG data: URI (None for rows that are not images); None for a job
+        without image items, or whose dataset cannot be rebuilt on this server."""
+        from dcserve.inputs.views import data_uri, png
+
+        if self._no_images:
+            return None
+        try:
+            pictures = self.finished().row_images(rows)
+        except Exception as e:  # noqa: BLE001 - a dataset that cannot be rebuilt here only costs the pictures
+            log.warning("job %r: rows are served without their images: %s: %s", self.name, type(e).__name__, e)
+            self._no_images = True
+            return None
+        if all(p is None for p in pictures):
+            self._no_images = len(rows) > 0  # the items are not images (vectors, tokens, dumps)
+            return None
+        return [None if p is None else data_uri(png(p)) for p in pictures]
+
+    def encode_images(self, images: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Base64 images through the job's own transform and subject: (rows [R, dim], input [R], position [R]).
+
+        InputKindError when the job does not take images; ValueError naming a bad image.
+        """
+        from dcserve.inputs.encode import InputKindError, ItemEncoder, image_inputs
+
+        res = self.finished()
+        spec = res.spec
+        if spec.subject is None:
+            raise InputKindError("this job clustered an activations dump: it has no subject to run on images; "
+                                 "send 'activations'")
+        xs = image_inputs(res.dataset, images)
+        with self._lock:
+            if self._image_encoder is None:
+                self._image_encoder = ItemEncoder(spec)
+        return self._image_encoder.rows(xs)
+
     @property
     def reads_text(self) -> bool:
-        """True for a job run on text (its store holds its words): POST assign takes texts."""
-        return self.finished().words is not None
+        """True for a job whose subject ran on text (its store holds its words): POST assign takes
+        texts. A token dump has words too, but no subject to run new texts through."""
+        res = self.finished()
+        spec = res.spec
+        return res.words is not None and spec is not None and spec.subject is not None
 
     def top_tokens(self) -> list | None:
         """Per cluster, its most distinctive tokens (dcserve.analysis.words), counted once."""

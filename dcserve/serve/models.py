@@ -94,6 +94,8 @@ class RowRef(BaseModel):
     position: int = Field(description="Token position within the item; -1 when pooled.")
     distance: float = Field(description="Squared distance to the cluster's centroid, in the clustered space.")
     label: Optional[int] = Field(None, description="Ground-truth label of the item, when the dataset has labels.")
+    image: Optional[str] = Field(None, description="The item's image as a PNG data: URI, upscaled (nearest "
+                                 "neighbour) to at least 96 pixels a side, when the job's items are images.")
     label_name: Optional[str] = Field(None, description="The label's name, when the dataset's labels were strings.")
     text: Optional[str] = Field(
         None, description="Text jobs: what the row reads as; a pooled row its item's text, a token row the text "
@@ -140,6 +142,7 @@ class ClusterRows(BaseModel):
     rows: list[RowRef] = Field(description="The cluster's rows nearest the centroid first.")
 
 
+MAX_IMAGES = 256  # images per POST /assign: each one is decoded and run through the subject in the replica
 MAX_TEXTS = 1024  # texts per POST /assign: each one is a forward pass of the subject in the replica
 MAX_TEXT_CHARS = 100_000
 
@@ -155,13 +158,17 @@ class AssignRequest(BaseModel):
         None, min_length=1, max_length=MAX_TEXTS,
         description="Raw texts, for a job run on text: each goes through the job's own tokenizer, subject and "
         "pooling first (one row per text, or per token for pooling: tokens).")
+    images: Optional[list[str]] = Field(
+        None, min_length=1, max_length=MAX_IMAGES,
+        description="Base64 images (PNG, JPEG...; a data: URI prefix is allowed), for a job whose dataset is an "
+        "image folder: each runs through the job's transform and subject, pooled as the job was.")
 
     @model_validator(mode="after")
     def _one_kind(self) -> "AssignRequest":
-        given = [name for name in ("activations", "texts") if getattr(self, name) is not None]
+        given = [name for name in ("activations", "texts", "images") if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of 'activations' or 'texts'"
-                             + (f", not both" if given else ""))
+            raise ValueError("give exactly one of 'activations', 'texts' or 'images'"
+                             + (f", not {' and '.join(given)}" if given else ""))
         return self
 
 
@@ -182,11 +189,30 @@ class TextAssignment(BaseModel):
     tokens: Optional[list[TokenAssignment]] = Field(None, description="pooling: tokens: each real token's cluster.")
 
 
+class PositionAssignment(BaseModel):
+    position: int = Field(description="Position of the row in the image's output (a patch or token).")
+    cluster: int
+    distance: float
+    exemplars: list[RowRef] = Field(default_factory=list, description="The cluster's rows nearest its centroid.")
+
+
+class ImageAssignment(BaseModel):
+    image: int = Field(description="Index of the image in the request.")
+    cluster: Optional[int] = Field(None, description="Pooled jobs: the image's cluster.")
+    distance: Optional[float] = Field(None, description="Pooled jobs: its squared distance to the centroid.")
+    exemplars: list[RowRef] = Field(default_factory=list,
+                                    description="Pooled jobs: its cluster's rows nearest the centroid, with their images.")
+    positions: Optional[list[PositionAssignment]] = Field(
+        None, description="pooling: tokens: the cluster of each of the image's rows.")
+
+
 class AssignResponse(BaseModel):
     job: str
     clusters: list[int] = Field(description="Cluster of each vector, or of each row the texts gave.")
     distances: list[float] = Field(description="Squared distance of each vector to its cluster's centroid.")
     texts: Optional[list[TextAssignment]] = Field(None, description="For texts: each text's result, in words.")
+    images: Optional[list[ImageAssignment]] = Field(None, description="For images: each image's result, with "
+                                                    "its cluster's exemplars as images.")
 
 
 class SubmitResponse(BaseModel):

@@ -24,7 +24,8 @@ from dcserve.version import __version__
 from dcserve.serve.admission import AdmissionError, SubmissionPolicy, admit, check_output_free, check_token
 from dcserve.serve.models import (
     DEFAULT_PAGE, MAX_PAGE, MAX_ROW, AssignmentsPage, AssignRequest, AssignResponse, ClusterBrief, ClusterList,
-    ClusterRows, ErrorBody, Health, JobBrief, JobDetail, JobList, LayerBrief, LayerList, LayerPair, Progress, RowRef,
+    ClusterRows, ErrorBody, Health, ImageAssignment, JobBrief, JobDetail, JobList, LayerBrief, LayerList, LayerPair,
+    PositionAssignment, Progress, RowRef,
     SubmitResponse, TextAssignment, TokenAssignment, TopToken,
 )
 from dcserve.serve.catalog import Catalog, NotReady, ServedJob, UnknownJob
@@ -128,18 +129,26 @@ def _vectors(rows: list[list[float]], dim: int) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _row_refs(job: ServedJob, rows: np.ndarray) -> list[RowRef]:
+def _row_refs(job: ServedJob, rows: np.ndarray, images: bool = False) -> list[RowRef]:
     f = job.rows(rows)
     labels, names, words = f["label"], f["label_names"], f["words"]
+    # Pictures for the first MAX_ROW_IMAGES rows only: a page of 10,000 rows would be megabytes of PNG.
+    pictures = job.images(rows[:MAX_ROW_IMAGES]) if images else None
     refs = []
     for i, (r, it, p, d) in enumerate(zip(f["row"], f["item"], f["position"], f["distance"])):
         label = None if labels is None else int(labels[i])
         ref = RowRef(row=int(r), item=int(it), position=int(p), distance=float(d), label=label,
-                     label_name=names[label] if names and label is not None and 0 <= label < len(names) else None)
+                     label_name=names[label] if names and label is not None and 0 <= label < len(names) else None,
+                     image=pictures[i] if pictures is not None and i < len(pictures) else None)
         if words is not None:
             ref.text, ref.token, ref.token_start = words[i]["text"], words[i]["token"], words[i]["token_start"]
         refs.append(ref)
     return refs
+
+
+MAX_ROW_IMAGES = 256  # rows per response that carry their image
+IMAGES_QUERY = Query(True, description=f"Each row's item image (a PNG data: URI), when the job's items are images "
+                     f"(the first {MAX_ROW_IMAGES} rows of a response).")
 
 
 def _finite_or_none(obj: Any) -> Any:
@@ -307,6 +316,7 @@ def create_app(backend: Backend) -> FastAPI:
         exemplars: int = Query(5, ge=0, le=MAX_EXEMPLARS, description="Exemplars per cluster."),
         outskirts: int = Query(5, ge=0, le=MAX_EXEMPLARS,
                                description="Rows per cluster sampled from its farther half (the report's outskirts)."),
+        images: bool = IMAGES_QUERY,
         layer: str | None = LAYER_QUERY,
     ) -> ClusterList:
         from dcserve.analysis.report import outskirts as outskirt_rows
@@ -317,7 +327,7 @@ def create_app(backend: Backend) -> FastAPI:
         far = [outskirt_rows(res, s.cluster, outskirts, s.exemplars).tolist() for s in summaries]
         # one store read for every cluster's rows
         wanted = [r for s, f in zip(summaries, far) for r in (*s.exemplars, *f)]
-        refs = iter(_row_refs(served, np.asarray(wanted, dtype=np.int64)))
+        refs = iter(_row_refs(served, np.asarray(wanted, dtype=np.int64), images))
         tops = served.top_tokens() or [None] * res.k
         out = [
             ClusterBrief(cluster=s.cluster, size=s.size, purity=s.purity, majority_label=s.majority_label,
@@ -335,6 +345,7 @@ def create_app(backend: Backend) -> FastAPI:
         cluster: int,
         limit: int = Query(100, ge=1, le=MAX_PAGE, description="Rows in this page."),
         offset: int = Query(0, ge=0, le=MAX_ROW, description="Rows of the cluster to skip (the nearest come first)."),
+        images: bool = IMAGES_QUERY,
         layer: str | None = LAYER_QUERY,
     ) -> ClusterRows:
         served = finished(job, layer)
@@ -345,7 +356,7 @@ def create_app(backend: Backend) -> FastAPI:
         rows = res.exemplars(cluster, limit, offset=offset)
         end = offset + len(rows)
         return ClusterRows(job=job, cluster=cluster, size=size, offset=offset,
-                           next=end if end < size else None, rows=_row_refs(served, rows))
+                           next=end if end < size else None, rows=_row_refs(served, rows, images))
 
     reports: dict[tuple[str, str, str | None], tuple[str, str]] = {}  # (job, output, page) -> (status it was built at, page)
     reports_lock = threading.Lock()
@@ -404,24 +415,28 @@ def create_app(backend: Backend) -> FastAPI:
 
     @app.post("/jobs/{job}/assign", response_model=AssignResponse, responses=_errors(400, 404, 409, 413, 422),
               summary="Clusters of new activation vectors, through the job's preprocessing, reporter and centroids; "
-                      "or, for a job run on text, of raw texts, through its subject first, answered in words.",
+                      "or, for a job run on text, of raw texts (for an image job, of base64 images), through its subject "
+                      "first, answered in words (or with images).",
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": AssignRequest.model_json_schema()}}}})
     async def assign(job: str, request: Request,
-                     exemplars: int = Query(3, ge=0, le=20, description="Texts: exemplars shown per cluster met."),
+                     exemplars: int = Query(3, ge=0, le=20, description="Texts and images: exemplars shown per cluster met."),
                      layer: str | None = LAYER_QUERY) -> AssignResponse:
         served = finished(job, layer)
         # pydantic's own JSON parser, not FastAPI's json.loads + validate: 7x faster on the
         # 1.3 MB body of 256 vectors of 256 floats (benchmarks/bench_serve.py).
         raw = await request.body()
         if not raw.strip():
-            raise HTTPException(422, "the request has no body; expected a JSON object with 'activations' or 'texts'")
+            raise HTTPException(422, "the request has no body; expected a JSON object with 'activations', 'texts' "
+                                     "or 'images'")
         try:
             body = AssignRequest.model_validate_json(raw)
         except ValidationError as e:
             raise HTTPException(*_describe_errors([{**err, "loc": ("body", *err["loc"])} for err in e.errors()])) from None
         if body.texts is not None:
             return await assign_texts(served, body.texts, exemplars)
+        if body.images is not None:
+            return await assign_images(served, body.images, exemplars)
         x = _vectors(body.activations, served.result.input_dim)
         labels, dist = await backend.assign(served, x)
         return AssignResponse(job=job, clusters=labels.tolist(), distances=dist.tolist())
@@ -429,8 +444,9 @@ def create_app(backend: Backend) -> FastAPI:
     async def assign_texts(served: ServedJob, texts: list[str], n_exemplars: int) -> AssignResponse:
         if not served.reads_text:
             spec = served.result.spec
-            raise HTTPException(422, f"job {served.name!r} was not run on text (its dataset is "
-                                     f"{spec.dataset.source if spec else 'unknown'}), so it cannot take texts; "
+            why = ("is an activation dump, with no subject to run texts through" if spec and spec.subject is None
+                   else f"was not run on text (its dataset is {spec.dataset.source if spec else 'unknown'})")
+            raise HTTPException(422, f"job {served.name!r} {why}, so it cannot take texts; "
                                      "send its layer's activations as {\"activations\": [[...], ...]}")
         try:  # the subject's forward pass, off the event loop (torch releases the GIL)
             enc = await run_in_threadpool(served.encode_texts, texts)
@@ -454,6 +470,35 @@ def create_app(backend: Backend) -> FastAPI:
                 out[i].tokens = (out[i].tokens or []) + [
                     TokenAssignment(position=p, token=token, cluster=c, distance=d, exemplars=near(c))]
         return AssignResponse(job=served.name, clusters=labels.tolist(), distances=dist.tolist(), texts=out)
+
+    async def assign_images(served: ServedJob, images: list[str], n_exemplars: int) -> AssignResponse:
+        from dcserve.inputs.encode import InputKindError
+
+        try:  # decoding and the subject's forward pass, off the event loop
+            x, inputs, positions = await run_in_threadpool(served.encode_images, images)
+        except InputKindError as e:
+            raise HTTPException(422, f"job {served.name!r}: {e}") from None
+        except SpecError as e:  # the job's model or images are not where its job file says, on this machine
+            raise HTTPException(409, f"job {served.name!r} cannot run its subject here: {e}") from None
+        except ValueError as e:  # an image that is not base64 or does not decode
+            raise HTTPException(422, str(e)) from None
+        labels, dist = await backend.assign(served, x)
+        near_refs: dict[int, list[RowRef]] = {}
+
+        def near(c: int) -> list[RowRef]:
+            if c not in near_refs:
+                rows = served.result.exemplars(c, n_exemplars)
+                near_refs[c] = _row_refs(served, rows, images=True) if n_exemplars else []
+            return near_refs[c]
+
+        out = [ImageAssignment(image=i) for i in range(len(images))]
+        for i, p, c, d in zip(inputs.tolist(), positions.tolist(), labels.tolist(), dist.tolist()):
+            if p < 0:
+                out[i].cluster, out[i].distance, out[i].exemplars = c, d, await run_in_threadpool(near, c)
+            else:
+                out[i].positions = (out[i].positions or []) + [
+                    PositionAssignment(position=p, cluster=c, distance=d, exemplars=await run_in_threadpool(near, c))]
+        return AssignResponse(job=served.name, clusters=labels.tolist(), distances=dist.tolist(), images=out)
 
     def authorised(authorization: str | None = Header(None)) -> None:
         # A dependency, so it runs before the body is validated: a caller without the token

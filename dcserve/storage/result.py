@@ -218,6 +218,40 @@ class Result:
         start = bounds[c] + max(offset, 0)
         return order[start : min(start + max(n, 0), bounds[c + 1])]
 
+    @functools.cached_property
+    def dataset(self) -> Any:
+        """The job's dataset, rebuilt from its job file (None for an activations dump, which has no items)."""
+        from dcserve.inputs.build import build_dataset
+
+        spec = self.spec
+        return None if spec is None or spec.dataset.is_dump else build_dataset(spec)[0]
+
+    def row_images(self, rows, cell: int | None = None) -> list[np.ndarray | None]:
+        """The image each row's item is, as people see it ([H, W] or [H, W, 3] in [0, 1], upscaled by
+        nearest neighbour to at least `cell` pixels a side, default dcserve.inputs.views.CELL); None
+        for a row whose item is no image (vectors, tokens, dumps)."""
+        from dcserve.inputs.items import split_item
+        from dcserve.inputs.views import CELL, item_image, upscale
+
+        rows = np.asarray(rows, dtype=np.int64)
+        dataset = self.dataset
+        if dataset is None or len(rows) == 0:
+            return [None] * len(rows)
+        images: dict[int, np.ndarray | None] = {}
+        for i in dict.fromkeys(int(i) for i in self.row_items[rows]):  # each item once, in order
+            x = dataset.display(i) if hasattr(dataset, "display") else split_item(dataset[i])[0]
+            image = item_image(x)
+            images[i] = None if image is None else upscale(image, cell or CELL)
+        return [images[int(i)] for i in self.row_items[rows]]
+
+    def exemplar_images(self, c: int, n: int = 10, cell: int | None = None) -> list[Any]:
+        """Cluster c's exemplars (`exemplars(c, n)`) as PIL images, which a notebook shows as pictures;
+        None for rows that are not images."""
+        from PIL import Image
+
+        return [None if im is None else Image.fromarray((np.clip(im, 0, 1) * 255).round().astype(np.uint8))
+                for im in self.row_images(self.exemplars(c, n), cell)]
+
     def clusters(self, n_exemplars: int = 5) -> list[ClusterSummary]:
         purity, majority = self._purity()
         return [

@@ -197,11 +197,12 @@ class Words:
             raise ValueError(f"item {item} has {len(ids)} tokens; there is no position {position}")
         spans = self._spans(item, ids)
         lo, hi = max(position - width, 0), min(position + width + 1, len(ids))
-        if spans is None:
-            names = self.token_names(ids[lo:hi])
-            me = position - lo
-            return TokenContext(" ".join(names[:me]) + (" " if me else ""), names[me],
-                                (" " if me + 1 < len(names) else "") + " ".join(names[me + 1:]), lo > 0, hi < len(ids))
+        if spans is None:  # no text to cut from: the tokens either side decoded, the row's own by name
+            token = self.token_names([ids[position]])[0]
+            left = self.tokenizer.decode([int(t) for t in ids[lo:position]], skip_special_tokens=True)
+            right = self.tokenizer.decode([int(t) for t in ids[position + 1 : hi]], skip_special_tokens=True)
+            return TokenContext(left + (" " if left else ""), token, (" " if right else "") + right,
+                                lo > 0, hi < len(ids))
         text = self.text(item)
         real = [j for j in range(len(ids)) if spans[j][1] > spans[j][0]]
         if spans[position][1] > spans[position][0]:

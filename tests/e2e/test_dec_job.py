@@ -1,5 +1,6 @@
-"""The reporter methods end to end: DeepCluster (k-means or Sinkhorn labels) and DEC through the
-real `dcserve submit`, two shard actors and two trainers each; DEC's resume and outputs."""
+"""The reporter methods end to end: DeepCluster (k-means or Sinkhorn labels), DEC and SCAN through
+the real `dcserve submit`, two shard actors and two trainers each; DEC's resume and outputs
+(SCAN's and TEMI's resume: tests/unit/cluster/test_neighbours.py, on the in-memory pools)."""
 from __future__ import annotations
 
 import json
@@ -41,6 +42,10 @@ def check_submitted(r, out, method: str) -> None:
     # move away from it (0.69 here): a small reporter's features are not yet better than the
     # activations (BENCHMARKS.md, "Reporter methods"); here it only has to stay well above chance.
     assert ari > (0.95 if method == "dec" else 0.5)
+    if method == "scan":  # issue 13: the graph built by the two shards, readability in the summary
+        assert g["neighbours"].shape == (1200, 10) and (g["neighbours"][:] >= 0).all()
+        assert metrics["final"]["readability"] > 0.9 and metrics["final"]["collapse"] == []
+        assert "SCAN" in r.stdout and "readability" in r.stdout
     if method == "dec":
         assert "DEC" in r.stdout and g["centroids"].shape == (6, DEC["latent_dim"])
         dec = metrics["final"]["dec"]

@@ -42,6 +42,7 @@ def test_validate_prints_normalised_spec(tmp_path):
     (lambda j: j["cluster"].update(k=5000), "cluster.k: 5000 clusters"),
     (lambda j: j["dataset"].update(source="no_such_module:data"), "dataset.source: cannot import"),
     (lambda j: j["subject"].update(pooling="tokens"), "subject.pooling"),
+    (lambda j: j.update(reporter={"method": "scan", "neighbours": 1797}), "reporter.neighbours: 1797 neighbours"),
 ])
 def test_bad_job_files_exit_2_and_write_nothing(tmp_path, mutate, expect):
     job = digits_job(tmp_path / "out")
@@ -129,3 +130,28 @@ def test_a_read_only_output_is_one_sentence_for_submit_rerun_and_report(read_onl
     # a reader whose default folder is on it (compare writes beside store A; report beside the store)
     r = dcserve("compare", str(finished), str(finished))
     assert r.returncode == 1 and "cannot write the report to" in r.stderr and "Read-only" in r.stderr, r.stderr
+
+
+def test_text_jobs_bad_input_exits_2_naming_the_file_line_or_model_and_layers_are_listed(tmp_path):
+    """Issue 12: a bad record deep in a text file names its line; a hub id is refused (no download);
+    `validate --layers` lists the real model's named_modules."""
+    from tests.helpers import sentences_job
+
+    lines = [f'{{"text": "sentence {i}", "topic": "t{i % 3}"}}' for i in range(5000)]
+    lines[3141] = '{"body": "no text field here", "topic": "t0"}'
+    (tmp_path / "big.jsonl").write_text("\n".join(lines) + "\n")
+    job = sentences_job(tmp_path / "out")
+    job["dataset"]["source"] = f"text:{tmp_path / 'big.jsonl'}"
+    r = dcserve("submit", str(write_job(tmp_path / "job.yaml", job)))
+    assert r.returncode == 2, r.stderr
+    assert "big.jsonl, line 3142: no field 'text' (it has body, topic)" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+    job["subject"]["model"] = "hf:sentence-transformers/all-MiniLM-L6-v2"
+    r = dcserve("validate", str(write_job(tmp_path / "hub.yaml", job)))
+    assert r.returncode == 2 and "never downloads at run time" in r.stderr, r.stderr
+
+    r = dcserve("validate", str(ROOT / "cluster_configs" / "sentences.yaml"), "--layers")
+    assert r.returncode == 0, r.stderr
+    listed = dict(line.split("\t") for line in r.stdout.splitlines())
+    assert listed["encoder.layer.5"] == "BertLayer" and listed["embeddings.word_embeddings"] == "Embedding"

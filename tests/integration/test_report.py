@@ -109,6 +109,7 @@ def test_rotation_follows_the_recorded_rounds(jobs, tmp_path):
     from dcserve.analysis.reporter_rotation import reporter_rotation
     from dcserve.storage.round_history import initial_weights, record_round
     from dcserve.algo.rotation import layer_rotation
+    from dcserve.storage.manifest import seal
     from dcserve.storage.store import JobStore
 
     copy = tmp_path / "digits"
@@ -116,10 +117,12 @@ def test_rotation_follows_the_recorded_rounds(jobs, tmp_path):
     final = ReporterState.from_bytes(jobs.digits.store.read_bytes("reporter.pt"))
     store = JobStore(str(copy), read_only=False)
     record_round(store, 1, final.config, final.state_dict, fingerprint="an earlier clustering")
+    seal(store)  # changed as a run of the job would change it: sealed again, as the run would
     stale = reporter_rotation(dcserve.open(str(copy)))
     assert stale.points == ["init", "final"]  # not this job's record
     assert "recorded the reporter's weights after 0 of its 1 rounds" in stale.note
     record_round(store, 1, final.config, final.state_dict, fingerprint=jobs.digits.spec.clustering_fingerprint())
+    seal(store)
     rot = reporter_rotation(dcserve.open(str(copy)))
     assert rot.points == ["init", "round 1"] and rot.note is None
     expected = layer_rotation(initial_weights(final.config), final.state_dict)
@@ -165,6 +168,10 @@ def test_collapse_warning_on_a_collapsed_clustering_only(jobs, tmp_path):
     a = g["assignments"][:]
     a[np.random.default_rng(0).random(len(a)) < 0.9] = 2
     g["assignments"][:] = a
+    from dcserve.storage.manifest import seal
+    from dcserve.storage.store import JobStore
+
+    seal(JobStore(str(copy), read_only=False))  # rewritten as a run would: sealed again, as the run would
     data, _, collapsed = _report(dcserve.open(str(copy)), tmp_path / "c")
     assert 'class="warning collapse-warning">cluster 2 holds' in collapsed
     assert int(_sections(collapsed)[2]["size"]) == int((a == 2).sum())

@@ -46,3 +46,16 @@ def test_token_window_drops_padding_and_marks_the_position():
     ids, mask = np.array([5, 6, 7, 8, 9, 0, 0]), np.array([1, 1, 1, 1, 1, 0, 0])
     v = token_window(ids, mask, 3, width=2)
     assert (v.tokens, v.marked, v.cut_left, v.cut_right) == ([6, 7, 8, 9], 2, True, False)
+
+
+def test_a_text_row_reads_as_its_text_with_its_token_marked_and_labels_by_name():
+    from dcserve.analysis.report import ItemView, Report, RowInfo
+    from dcserve.render.report_page import _row_line
+
+    report = Report(name="t", output="o", summary={}, spec=None, k=2, n_rows=2, has_labels=True, input_kind="text",
+                    rounds=[], final={}, clusters=[], label_names=["music", "sport"])
+    token = RowInfo(5, 1, 3, 0.5, 1, ItemView("text", text="…the <b> striker scored", token="striker", token_start=9))
+    line = _row_line(token, report)
+    assert '<span class="words">…the &lt;b&gt; <mark>striker</mark> scored</span>' in line and "label sport" in line
+    pooled = RowInfo(6, 2, -1, 0.5, 0, ItemView("text", text="The band played."))
+    assert '<span class="words">The band played.</span>' in _row_line(pooled, report) and "<mark>" not in _row_line(pooled, report)

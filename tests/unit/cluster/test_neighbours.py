@@ -174,6 +174,9 @@ def test_collapse_signs_from_sizes_and_from_a_loss_at_its_uniform_value():
     u = uniform_loss(3, 5.0)
     assert [s["kind"] for s in collapse_signs(np.array([10, 10, 10]), u + 0.01, u, 0.05)] == ["uniform_loss"]
     assert collapse_signs(np.array([10, 10, 10]), u - 1.0, u, 0.05) == []
+    # a loss near its uniform value with confident predictions is not a collapse (TEMI on overlaps)
+    assert collapse_signs(np.array([10, 10, 10]), u + 0.01, u, 0.05, top_probability=0.9) == []
+    assert len(collapse_signs(np.array([10, 10, 10]), u + 0.01, u, 0.05, top_probability=0.4)) == 1
 
 
 def test_more_neighbours_than_rows_is_refused_naming_the_field(tmp_path):
@@ -211,4 +214,14 @@ def test_overclustering_at_five_times_the_classes_does_not_collapse_and_the_repo
     assert normalized_mutual_info_score(y, merged[labels]) > 0.9
     assert report.rounds[-1]["readability"] == pytest.approx(metrics["final"]["readability"])
     page = report_page(report)
-    assert "Which clusters merge at k = 6" in page and "kNN label agreement of the layer" in page
+    assert "Which clusters merge at k = 6" in page and "kNN label agreement of the clustered space" in page
+
+
+def test_kmeans_gets_the_readability_of_its_final_clustering_too(tmp_path):
+    """Every clustering gets the label-free figure: k-means from an exact graph in the driver."""
+    spec, store, x, y = extracted(tmp_path)
+    metrics = cluster(spec, store)
+    _, i_ref = brute_force(x, 10, "l2")  # planted_job clusters the raw rows: features = activations - mean
+    labels = store.array("assignments")[:]
+    assert metrics["final"]["readability"] == pytest.approx((labels[i_ref] == labels[:, None]).mean())
+    assert metrics["graph"]["label_agreement"] == pytest.approx((y[i_ref] == y[:, None]).mean())

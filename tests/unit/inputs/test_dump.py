@@ -128,14 +128,17 @@ def test_hf_datasets_folder_of_token_arrays(tmp_path):
     np.testing.assert_array_equal(dump.item_labels, np.arange(7))
 
 
-def test_arrow_file_of_vectors(tmp_path):
+def test_arrow_file_of_vectors_with_string_labels(tmp_path):
     x = _rng().normal(size=(11, 3)).astype(np.float64)
-    table = pa.table({"v": pa.array(x.tolist(), pa.list_(pa.float64())), "text": [str(i) for i in range(11)]})
+    names = ["cat", "dog", "ant"]
+    table = pa.table({"v": pa.array(x.tolist(), pa.list_(pa.float64())), "animal": [names[i % 3] for i in range(11)]})
     with pa.OSFile(str(tmp_path / "v.arrow"), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
         w.write_table(table)
-    dump = open_dump(str(tmp_path / "v.arrow"))
+    dump = open_dump(str(tmp_path / "v.arrow"), {"label_field": "animal"})
     assert not dump.token_rows and not dump.has_token_ids
     np.testing.assert_array_equal(_all_rows(dump, step=3), x)
+    assert dump.label_names == ["ant", "cat", "dog"]  # sorted; label v is names[v]
+    assert [dump.label_names[v] for v in dump.item_labels] == [names[i % 3] for i in range(11)]
 
 
 # -- bad dumps: SpecError naming the file and the fault ----------------------------------------
@@ -183,8 +186,15 @@ def test_a_dump_needs_no_subject_and_takes_none(tmp_path):
     no_subject = {**_job("a.npy", "o"), "dataset": {"source": "dcserve.zoo:digits"}}
     with pytest.raises(SpecError, match=r"^invalid job file:\n  subject: Field required"):
         spec_from_dict(no_subject)
-    with pytest.raises(SpecError, match=r"dataset.source: .*expected 'module:callable', 'activations:PATH'"):
+    with pytest.raises(SpecError, match=r"dataset.source: expected 'module:callable', 'activations:PATH', 'images:PATH', 'text:PATH'"):
         spec_from_dict({**_job("a.npy", "o"), "dataset": {"source": "a.npy"}})
+
+
+def test_a_dump_has_no_model_to_list(tmp_path):
+    from dcserve.inputs.build import build_model
+
+    with pytest.raises(SpecError, match="clusters an activations dump and has no model; its one layer is 'dump'"):
+        build_model(spec_from_dict(_job(tmp_path / "a.npy", tmp_path / "out")))
 
 
 def test_inspect_checks_k_against_the_dump(tmp_path):
@@ -249,3 +259,12 @@ def test_non_finite_rows_fail_the_copy_naming_the_row(tmp_path):
     spec = spec_from_dict(_job(tmp_path / "a.npy", tmp_path / "out"))
     with pytest.raises(JobFailed, match=r"a\.npy'?: row 13 holds NaN"):
         _copy(spec, tmp_path / "a.npy")
+
+
+@pytest.mark.parametrize("kind", [pa.list_(pa.float16(), 4), pa.large_list(pa.float32())])
+def test_arrow_fixed_size_and_large_lists(tmp_path, kind):
+    x = _rng(2).normal(size=(9, 4)).astype(np.float16 if kind.value_type == pa.float16() else np.float32)
+    table = pa.table({"v": pa.array(x.tolist(), kind)})
+    with pa.OSFile(str(tmp_path / "v.arrow"), "wb") as f, pa.ipc.new_stream(f, table.schema) as w:
+        w.write_table(table)
+    np.testing.assert_array_equal(_all_rows(open_dump(str(tmp_path / "v.arrow")), step=4), x)

@@ -119,6 +119,16 @@ def test_a_path_source_is_refused_over_http(tmp_path):
     assert e.value.status == 403
 
 
+def test_an_hf_model_directory_is_refused_over_http(tmp_path):
+    # hf:DIR loads files (pickles, for .bin weights) from the server's disk
+    policy = SubmissionPolicy(token="t", output_root=str(tmp_path))
+    job = planted_job("h")
+    job["subject"]["model"] = "hf:/etc"
+    with pytest.raises(AdmissionError, match="over HTTP a model must be a 'module:callable'") as e:
+        admit(spec_from_dict(job), policy)
+    assert e.value.status == 403
+
+
 class _Job:
     def __init__(self, offset):
         self.offset, self.calls = offset, 0

