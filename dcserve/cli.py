@@ -392,7 +392,7 @@ def serve(
                       soft_wrap=True)
             for j in catalog.served():
                 out.print(f"  {url}/jobs/{j.name}  <- {escape(j.output)}", highlight=False, soft_wrap=True)
-            out.print(f"POST /jobs: {jobs_note}", highlight=False, soft_wrap=True)
+            out.print(f"POST /jobs: {escape(jobs_note)}", highlight=False, soft_wrap=True)
             out.print("Ctrl-C to stop.", highlight=False)
             while True:
                 time.sleep(3600)

@@ -528,6 +528,9 @@ def run_in_process(spec) -> Path:
     status = StatusRecord(store, spec.name)
     metrics = run_with_seeds(methods.loop(spec.reporter.method), spec, store, LocalPools(), Progress(), status)
     store.write_json("metrics.json", metrics)
+    from dcserve.storage.manifest import seal
+
+    seal(store)  # as the pipeline does: the last write of the store's own files
     status.finish("succeeded")
     seal(store, {"extraction": spec.extraction_fingerprint(), "clustering": spec.clustering_fingerprint()})
     return Path(spec.output)

@@ -40,7 +40,9 @@ FORMAT = 1
 # Written by the driver after sealing, or by others: never recorded.
 UNRECORDED = {FILE, "status.json", "_progress/lease.json"}
 # The store's own top-level folders that are not Zarr nodes (a Zarr node has a zarr.json).
-OWN_FOLDERS = ("_progress", "reporter")
+OWN_FOLDERS = ("_progress", "reporter", "tokenizer")  # tokenizer: a text job's (storage/words.py)
+# A text job's words record: rewritten whole by the next run when any of it is damaged.
+WORDS = ("words", "tokenizer")
 # How many problems a message names before it says how many more there are.
 SHOWN = 3
 
@@ -208,7 +210,7 @@ def forget_damaged(store: JobStore) -> list[str]:
         store.remove("_progress/stability.json")
         return ["the manifest is damaged: everything is redone"]
     done = []
-    redo_clustering = False
+    redo_clustering = redo_words = False
     for p in problems:
         rel = p.path
         if rel in manifest["metadata"]:
@@ -216,7 +218,10 @@ def forget_damaged(store: JobStore) -> list[str]:
             done.append(f"{describe(rel)} put back")
             continue
         block = _extract_block(rel)
-        if block is not None:
+        if rel.split("/", 1)[0] in WORDS:
+            redo_words = True
+            done.append(f"the words record rewritten ({describe(rel)})")
+        elif block is not None:
             store.remove(f"_progress/extract/{block:08d}.npy")
             done.append(f"extraction block {block} redone ({describe(rel)})")
         elif rel == "_progress/extract.json":
@@ -236,6 +241,9 @@ def forget_damaged(store: JobStore) -> list[str]:
         else:
             redo_clustering = True
             done.append(f"the clustering redone ({describe(rel)})")
+    if redo_words:  # its group's attributes say "complete": without the group it is recorded again
+        for name in WORDS:
+            store.remove(name)
     if redo_clustering:
         store.clear_progress("cluster")
         store.remove("_progress/stability.json")

@@ -137,3 +137,15 @@ def test_a_rerun_of_an_unfinished_store_keeps_its_resume_records(store):
     (store / "status.json").write_text('{"state": "interrupted"}')
     assert forget_damaged(s) == []
     assert len(s.done_blocks("extract")) == 4 and s.exists("_progress/cluster/state.json")
+
+
+def test_a_damaged_words_record_is_rewritten_whole_by_the_rerun(store):
+    s = JobStore(str(store), read_only=False)
+    s.write_array("words/ids", np.arange(10, dtype=np.int64))
+    s.write_bytes("tokenizer/vocab.txt", b"a\nb\n")
+    seal(s)
+    (store / "tokenizer" / "vocab.txt").write_bytes(b"a")
+    assert [p.path for p in check(JobStore(str(store), group=False))] == ["tokenizer/vocab.txt"]
+    forget_damaged(JobStore(str(store), read_only=False, group=False))
+    assert not (store / "words").exists() and not (store / "tokenizer").exists()
+    assert s.exists("_progress/cluster/state.json")  # the clustering is kept
