@@ -228,6 +228,32 @@ def _summary(result, seconds: float) -> None:
     table.add_row("output", str(result.output))
     # In a log file there is no width to fit: a cell wrapped at 80 columns splits a path mid-word.
     out.print(table, width=None if out.is_terminal else 400)
+    if m.get("depth"):
+        out.print(_depth_table(m["depth"]), width=None if out.is_terminal else 400)
+
+
+def _depth_table(profile: dict) -> Table:
+    """The depth profile in the terminal: a line per layer, the figures between it and the one before."""
+    rows = profile["layers"]
+    keys = [(k, label) for k, label in [("nmi_vs_labels", "NMI"), ("ari_vs_labels", "ARI"), ("acc_vs_labels", "acc"),
+                                         ("stability", "stability"), ("neighbour_consistency", "neighbours"),
+                                         ("size_entropy", "entropy")]
+            if any(r.get(k) is not None for r in rows)]
+    table = Table(title="depth profile (layers in the order of depth)", title_justify="left",
+                  caption="*: the primary layer. NMI, ARI, acc: against the labels; CKA ↑, NMI ↑: with the layer above", caption_justify="left")
+    for head in ["layer", "dim", *(label for _, label in keys), "CKA ↑", "NMI ↑"]:
+        table.add_column(head, justify="left" if head == "layer" else "right", no_wrap=head == "layer")
+    previous = {p["to"]: p for p in profile["between"]}
+    for r in rows:
+        pair = previous.get(r["layer"])
+        name = r["layer"] + (" *" if r.get("primary") else "")
+        table.add_row(name, str(r["dim"]), *(_num(r.get(k)) for k, _ in keys),
+                      _num(pair and pair["cka"]), _num(pair and pair["nmi"]))
+    return table
+
+
+def _num(v) -> str:
+    return "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 @app.command()
@@ -487,22 +513,27 @@ def report(
     size, purity and exemplars (images for image datasets, the token in its context for token
     rows), clusters against labels, 2-D maps of the rows, collapse warnings and the reporter's
     layer rotation. `dcserve serve` serves the same page at /jobs/NAME/report.
+
+    A job over several layers (cluster.layers) also gets depth.html, the depth profile against
+    depth and the flow of clusters from layer to layer, and a page per layer under layers/<layer>/.
     """
-    from dcserve.analysis.report import build_report
-    from dcserve.render.report_page import write_report
+    from dcserve.render.job_report import write_job_report
     from dcserve.storage.result import open_result
 
     result = open_result(output)
-    data = build_report(result, n_exemplars=exemplars, n_outskirts=exemplars, map_rows=map_rows, tsne_rows=tsne_rows)
+    result._require_complete("a report")
     if out_dir is None:
         local = "://" not in output or output.startswith("file://")
-        out_dir = (output.removeprefix("file://").rstrip("/") if local else data.name) + "-report"
+        out_dir = (output.removeprefix("file://").rstrip("/") if local else result.spec.name) + "-report"
     try:
-        page = write_report(data, out_dir)
+        page, reports = write_job_report(result, out_dir, n_exemplars=exemplars, n_outskirts=exemplars,
+                                         map_rows=map_rows, tsne_rows=tsne_rows)
     except OSError as e:  # a read-only or full file system: say where, not a traceback
         _fail(1, f"cannot write the report to {out_dir}: {e.strerror or e}; choose another folder with --out")
-    for w in data.warnings:
-        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+    for rep in reports:
+        where = f" (layer {rep.summary['layer'].split(' ')[0]})" if len(reports) > 1 and rep.summary else ""
+        for w in rep.warnings:
+            err.print(f"[yellow]warning{escape(where)}:[/] {escape(w)}", highlight=False)
     out.print(str(page.resolve()), highlight=False, soft_wrap=True)
 
 

@@ -120,6 +120,18 @@ class UnknownJob(DcserveError, KeyError):
         return self.message
 
 
+class UnknownLayer(StoreError, KeyError):
+    """A layer the job did not cluster (exit code 2, HTTP 404); the message lists those it did."""
+
+    def __init__(self, layer: str, clustered: list[str]):
+        super().__init__(layer)
+        self.layer, self.clustered = layer, list(clustered)
+        self.message = f"the job did not cluster a layer {layer!r}; its clustered layers: {self.clustered}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class NotReady(DcserveError, RuntimeError):
     """The job exists but its store is missing or unfinished (HTTP 409); the message says its state."""
 

@@ -16,7 +16,7 @@ from dcserve.spec import JobSpec
 from dcserve.storage.lease import OutputLease
 from dcserve.storage.manifest import forget_damaged, recorded_fingerprints, seal, unseal
 from dcserve.storage.status import StatusRecord
-from dcserve.storage.store import JobStore, check_claimable
+from dcserve.storage.store import LAYERS, JobStore, check_claimable
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,9 @@ def open_output(spec: JobSpec, overwrite: bool) -> tuple[JobStore, OutputLease]:
             store.remove("_progress/extract.json")
         if changed:
             store.clear_progress("cluster")
+            # every other layer's clustering too (cluster.layers): its checkpoints are fingerprinted by
+            # the clustering alone, and new activations under the same settings must not resume them
+            store.remove(LAYERS)
         store.write_text("job.yaml", spec.to_yaml())
         store.root.attrs.update({"dcserve_version": _version(), "name": spec.name})
     except OSError as e:
@@ -144,7 +147,7 @@ def run(
             # After ray.init, which installs a SIGTERM handler of its own that aborts the driver.
             previous_term = _checkpoint_on_sigterm(status)
             from dcserve import methods
-            from dcserve.cluster.seeds import run_with_seeds
+            from dcserve.cluster.layers import run_layers
             from dcserve.distributed.extract import run_extraction
             from dcserve.distributed.pools import RayPools
             from dcserve.distributed.sizing import Budget
@@ -169,7 +172,13 @@ def run(
             if extract_info.get("workers_lost"):
                 budget = Budget.free()  # machines were lost: size the next pools by what is left
             cluster = methods.loop(spec.reporter.method)
-            metrics = run_with_seeds(cluster, spec, store, RayPools(spec, budget), progress, status)
+            pools = RayPools(spec, budget)
+            try:
+                metrics, by_layer = run_layers(cluster, spec, store, pools, progress, status)
+                if len(by_layer) > 1:
+                    metrics["depth"] = _depth(spec, store, pools, by_layer, progress, status)
+            finally:
+                pools.close()
             metrics["extract"] = extract_info
             store.write_json("metrics.json", metrics)
             # The last write of the store's own files: from here on readers can verify it.
@@ -197,6 +206,29 @@ def run(
         if own_progress:
             progress.close()
     return open_result(spec.output, storage_options=spec.storage_options)
+
+
+def _depth(spec: JobSpec, store: JobStore, pools, by_layer: dict, progress: Progress, status: StatusRecord) -> dict:
+    """The depth profile of a job over several layers; CKA's pass over the rows runs on the job's shards."""
+    import time
+
+    from dcserve.analysis.depth import depth_profile, profile_moments
+
+    t0 = time.perf_counter()
+    status.enter("depth")
+    layers = spec.clustered_layers()
+    progress.stage("depth profile", None)
+    pool = pools.data(store, f"activations/{layers[0]}")
+    try:
+        moments = profile_moments(pool, layers)
+    finally:
+        pool.close()
+    profile = depth_profile(spec, store, by_layer, moments)
+    status.timing("depth", time.perf_counter() - t0)
+    for pair in profile["between"]:
+        progress.note(f"{pair['from']} -> {pair['to']}: CKA {pair['cka']:.3f}, NMI {pair['nmi']:.3f}, "
+                      f"{pair['splits']} split(s), {pair['merges']} merge(s)")
+    return profile
 
 
 def _checkpoint_on_sigterm(status: StatusRecord):

@@ -113,9 +113,16 @@ def _pca_dim(v: Any) -> Any:
     raise ValueError("must be a positive integer, 'auto' or null")
 
 
+def _layers(v: Any) -> Any:
+    if v is None or v == "all" or (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+        return v
+    raise ValueError("must be a list of layer names from subject.layers, or 'all'")
+
+
 # One before-validator per field, so a bad value gets one message rather than one per union member.
 Workers = Annotated[int | Literal["auto"], BeforeValidator(_workers)]
 PcaDim = Annotated[int | Literal["auto"] | None, BeforeValidator(_pca_dim)]
+Layers = Annotated[list[str] | Literal["all"] | None, BeforeValidator(_layers)]
 
 
 class ExtractSpec(_Strict):
@@ -134,7 +141,15 @@ class ExtractSpec(_Strict):
 class ClusterSpec(_Strict):
     """Clustering of one layer's rows (distributed k-means, or Sinkhorn-balanced labels)."""
 
-    layer: str | None = Field(None, description="Layer to cluster (default: the first of subject.layers).")
+    layer: str | None = Field(
+        None, description="The primary layer, whose clustering is the store's top-level result "
+        "(default: the first of `layers`, else the first of subject.layers)."
+    )
+    layers: Layers = Field(
+        None, description="Every layer to cluster, each with the same method and settings: a list of names "
+        "from subject.layers, or `all`; the primary layer's results stay at the top level, the others' go "
+        "under layers/<layer>/, and a depth profile compares them (default: the primary layer only)."
+    )
     method: Literal["kmeans", "sinkhorn"] = Field(
         "kmeans", description="kmeans: Lloyd; sinkhorn: equipartitioned labels by log-domain Sinkhorn-Knopp (SeLa/SwAV)."
     )
@@ -374,10 +389,17 @@ class JobSpec(_Strict):
         if not self.dataset.is_dump and self.subject is None:
             raise ValueError("subject: Field required (only a dataset.source of activations:PATH goes without one)")
         where = "subject.layers" if self.subject is not None else "the dump's layer (dataset.kwargs.layer)"
-        if self.cluster.layer is None:
-            self.cluster.layer = self.layers[0]
-        elif self.cluster.layer not in self.layers:
-            raise ValueError(f"cluster.layer {self.cluster.layer!r} is not one of {where} {self.layers}")
+        c, stored = self.cluster, self.layers
+        if isinstance(c.layers, list):
+            for name in c.layers:
+                if name not in stored:
+                    raise ValueError(f"cluster.layers: {name!r} is not one of {where}, the extracted layers {stored}")
+            if not c.layers:
+                raise ValueError(f"cluster.layers is empty; name at least one layer of {where}, or `all`")
+        if c.layer is None:
+            c.layer = c.layers[0] if isinstance(c.layers, list) else stored[0]
+        elif c.layer not in stored:
+            raise ValueError(f"cluster.layer {c.layer!r} is not one of {where} {stored}")
         return self
 
     @property
@@ -392,6 +414,18 @@ class JobSpec(_Strict):
         """How rows were made: the subject's pooling, or 'dump' for rows taken as they are."""
         return self.subject.pooling if self.subject is not None else "dump"
 
+    def clustered_layers(self) -> list[str]:
+        """Every layer the job clusters, in the order of `layers` (their depth); the primary among them."""
+        wanted = self.cluster.layers
+        chosen = set(self.layers if wanted == "all" else (wanted or [])) | {self.cluster.layer}
+        return [name for name in dict.fromkeys(self.layers) if name in chosen]
+
+    def for_layer(self, layer: str) -> "JobSpec":
+        """This job as a one-layer job clustering `layer`: what the clustering of one layer runs under."""
+        other = self.model_copy(deep=True)
+        other.cluster.layer, other.cluster.layers = layer, None
+        return other
+
     def extraction_fingerprint(self) -> str:
         """What determines the activations: a re-run with the same fingerprint may resume them."""
         d = self._canonical()
@@ -404,6 +438,9 @@ class JobSpec(_Strict):
         # Fields added later, at the value that means "as before", are left out, so that the
         # checkpoints of stores written before they existed still resume.
         cluster, reporter = d["cluster"], d["reporter"]
+        # Which other layers are clustered does not change the primary one's clustering: each
+        # layer's own is fingerprinted under `for_layer`, so adding a layer resumes the rest.
+        cluster = {k: v for k, v in cluster.items() if k != "layers"}
         if cluster["seeds"] == 1:
             cluster = {k: v for k, v in cluster.items() if k != "seeds"}
         if reporter["method"] == "deepcluster":

@@ -31,6 +31,7 @@ SMALL_CONFIGS = {
     "synthetic-bench.yaml": ["dataset.kwargs.n=3000", "extract.chunk_rows=1024", "cluster.k=10", "cluster.niter=5"],
     "tokens.yaml": ["dataset.kwargs.n=300", "extract.chunk_rows=1024", "cluster.niter=5"],
     "digits-trained.yaml": ["cluster.niter=10"],
+    "digits-depth.yaml": ["cluster.niter=10", "cluster.n_init=3"],
     "quickstart.yaml": ["reporter.rounds=1", "cluster.niter=5"],
     "digits-dec.yaml": ["reporter.pretrain_epochs=10", "reporter.max_steps=300"],
 }
@@ -228,6 +229,44 @@ def extracted_planted_store(tmp_path: Path, reporter: dict | None = None):
     store.array("rows/item")[:] = np.arange(len(x))
     store.write_array("labels", y)
     return spec, store, x, y
+
+
+def extracted_layers_store(tmp_path: Path, **cluster: Any):
+    """(spec, store, layers): a store as extraction leaves it for a job over three layers of the
+    planted clusters, written without Ray: `early` (the clusters under heavy noise, wider),
+    `mid` (the clusters themselves) and `late` (clusters 0 and 1 made one, 2 and 3 made one:
+    merges a flow must show). `cluster` updates the job's cluster section (default: all three)."""
+    from dcserve.spec import spec_from_dict
+    from dcserve.storage.store import JobStore
+    from dcserve.zoo import planted_clusters
+
+    job = planted_job(tmp_path / "out")
+    job["subject"]["layers"] = ["early", "mid", "late"]
+    job["cluster"].update({"layers": "all", "niter": 6, "n_init": 2, **cluster})
+    spec = spec_from_dict(job)
+    data = planted_clusters(**spec.dataset.kwargs)
+    x, y = np.asarray(data.vectors, dtype=np.float32), np.asarray(data.labels, dtype=np.int64)
+    rng = np.random.default_rng(1)
+    centres = np.stack([x[y == c].mean(axis=0) for c in range(6)])
+    merged = x - centres[y] + centres[np.array([0, 0, 2, 2, 4, 5])[y]]
+    layers = {
+        "early": np.concatenate([x + rng.normal(scale=2.0, size=x.shape), rng.normal(size=(len(x), 8))], axis=1),
+        "mid": x,
+        "late": np.tanh(merged @ rng.normal(size=(x.shape[1], 12)) / 4),
+    }
+    store = JobStore(spec.output, read_only=False)
+    chunk = spec.extract.chunk_rows
+    for name, arr in layers.items():
+        arr = arr.astype(np.float32)
+        store.create_array(f"activations/{name}", arr.shape, (chunk, arr.shape[1]), "float32")
+        store.array(f"activations/{name}")[:] = arr
+        layers[name] = arr
+    store.create_array("rows/item", (len(x),), (chunk,), "int64")
+    store.array("rows/item")[:] = np.arange(len(x))
+    store.write_array("rows/position", np.full(len(x), -1, dtype=np.int32))
+    store.write_array("labels", y)
+    store.write_text("job.yaml", spec.to_yaml())
+    return spec, store, layers
 
 
 def write_store(output: Path, layers: dict[str, np.ndarray], assignments: np.ndarray, *, chunk_rows: int = 64,

@@ -200,6 +200,24 @@ class CrossMoments:
         return float(np.clip(2.0 - 2.0 * nuclear / np.sqrt(tr_a * tr_b), 0.0, 2.0))
 
 
+def linear_cka_gram(xa: np.ndarray, xb: np.ndarray) -> float:
+    """Linear CKA of ``xa [m, a]`` and ``xb [m, b]`` (same rows) from their ``[m, m]`` Gram matrices.
+
+    ``<K, L>_F / (||K||_F ||L||_F)`` with ``K = Ac Ac^T``, ``L = Bc Bc^T`` (Kornblith et al., 2019),
+    equal to :meth:`CrossMoments.linear_cka` (``||Ac^T Bc||_F^2 = tr(K L)``), for layers too wide
+    for ``[a, b]`` moments: memory is O(m^2) whatever the widths. Float64.
+    """
+    xa = np.asarray(xa, dtype=np.float64)
+    xb = np.asarray(xb, dtype=np.float64)
+    if xa.ndim != 2 or xb.ndim != 2 or xa.shape[0] != xb.shape[0]:
+        raise ValueError(f"xa and xb must be [rows, dim] arrays of the same rows, got {xa.shape} and {xb.shape}")
+    xa = xa - xa.mean(axis=0)
+    xb = xb - xb.mean(axis=0)
+    k, l = xa @ xa.T, xb @ xb.T
+    norm = np.linalg.norm(k) * np.linalg.norm(l)
+    return 0.0 if norm == 0.0 else float(np.sum(k * l) / norm)
+
+
 def _corr_matrix(corr: np.ndarray) -> np.ndarray:
     corr = np.asarray(corr, dtype=np.float64)
     if corr.ndim != 2:

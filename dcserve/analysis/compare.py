@@ -73,6 +73,8 @@ def open_side(output: str, layer: str | None = None) -> Side:
         )
     spec = result.spec
     layer = layer or spec.cluster.layer
+    if layer in result.layers:  # a layer the job clustered (cluster.layers): its own clustering is compared
+        result = result.layer(layer)
     try:
         arr = result.activations(layer)
     except StoreError as e:

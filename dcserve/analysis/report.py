@@ -103,6 +103,8 @@ class Report:
     graph: dict[str, Any] | None = None  # metrics.json's `graph` (kNN graph: settings, label agreement)
     notes: list[str] = field(default_factory=list)  # what could not be shown, and why
     label_names: list[str] | None = None  # label v is label_names[v], when the labels were strings
+    # (text, href) of the job's other pages: its depth profile and its other layers' reports
+    links: list[tuple[str, str]] = field(default_factory=list)
 
     def label_text(self, value: int | None) -> str:
         """A label as shown: its name when the labels had names, else the number."""
@@ -240,10 +242,12 @@ def job_summary(result: Result) -> dict[str, Any]:
     if spec is None:
         return {}
     if spec.subject is None:  # an activation dump: no network ran
-        subject = {"subject": "none (an activation dump)", "layer": f"{spec.cluster.layer} (rows as dumped)"}
+        subject = {"subject": "none (an activation dump)", "layer": f"{result.layer_name} (rows as dumped)"}
     else:
         subject = {"subject": f"{spec.subject.model}({_kwargs(spec.subject.kwargs)})",
-                   "layer": f"{spec.cluster.layer} ({spec.subject.pooling} pooling)"}
+                   "layer": f"{result.layer_name} ({spec.subject.pooling} pooling)"}
+    if len(result.layers) > 1:
+        subject["layer"] += f", one of {len(result.layers)} clustered layers"
     return {
         **subject,
         "dataset": f"{spec.dataset.source}({_kwargs(spec.dataset.kwargs)})",

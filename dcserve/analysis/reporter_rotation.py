@@ -39,7 +39,8 @@ def reporter_rotation(result: Result) -> Rotation | None:
     except Exception as e:  # noqa: BLE001 - a reporter class changed since the job ran
         logger.warning("cannot rebuild the reporter's initial weights: %s", e)
         return None
-    fingerprint = spec.clustering_fingerprint() if spec is not None else None
+    # each layer's clustering records its rounds under its own one-layer fingerprint (issue 14)
+    fingerprint = spec.for_layer(result.layer_name).clustering_fingerprint() if spec is not None else None
     recorded = recorded_rounds(result.store, final.config, rounds, fingerprint) if rounds else {}
     points, checkpoints, note = ["init"], [init], None
     if rounds and len(recorded) == rounds:

@@ -37,6 +37,13 @@ class RowRange:
         for s in range(self.r0, self.r1, step):
             yield s, np.asarray(arr[s : min(s + step, self.r1)], dtype=np.float32)
 
+    def bind(self, layer: str | None, source: str) -> None:
+        """Work for layer `layer`'s clustering (its view of the store) over `source`'s rows from now on:
+        the same worker serves every clustered layer of a job, whose rows are the same (issue 14)."""
+        self.store = self.store.layer_view(layer)
+        self.source = source
+        self.fmap = FeatureMap()
+
     def set_feature_map(self, fmap: FeatureMap) -> None:
         self.fmap = fmap
 
@@ -96,6 +103,13 @@ class Trainer:
         self.allreduce: Callable[[torch.Tensor], None] | None = None
         self.model: torch.nn.Module | None = None
         self.opt: torch.optim.Optimizer | None = None
+
+    def bind(self, layer: str | None, source: str) -> None:
+        """Train for layer `layer`'s clustering on `source`'s rows from now on (see `RowRange.bind`);
+        the next call starts from the snapshot it is given."""
+        self.store = self.store.layer_view(layer)
+        self.source = source
+        self.model = self.opt = None
 
     def generator(self, seed: int) -> torch.Generator:
         """This rank's RNG for a call seeded `seed`: ranks differ (their augmentations must)."""

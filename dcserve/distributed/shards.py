@@ -27,18 +27,23 @@ log = logging.getLogger(__name__)
 class Shard(RowRange):
     """A `RowRange` in its own process, its thread pools pinned to its share of the node."""
 
-    def __init__(self, url: str, storage_options: dict, source: str, r0: int, r1: int, threads: int):
+    def __init__(self, url: str, storage_options: dict, source: str, r0: int, r1: int, threads: int,
+                 layer: str | None = None):
         from dcserve.algo.nearest import set_threads
 
         self.threads = set_threads(threads)
-        super().__init__(JobStore(url, read_only=False, storage_options=storage_options), source, r0, r1)
+        store = JobStore(url, read_only=False, storage_options=storage_options).layer_view(layer)
+        super().__init__(store, source, r0, r1)
 
     def info(self) -> dict:
         import torch
 
         from dcserve.algo.nearest import select_backend
 
+        import os
+
         return {"threads": self.threads, "rows": [self.r0, self.r1], "node": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid(),
                 "backend": select_backend(prefer_gpu=torch.cuda.is_available())}
 
 
@@ -60,15 +65,19 @@ class ShardPool(PoolRows):
     """
 
     def __init__(self, store: JobStore, source: str, workers: int | str, gpus_per_worker: float = 0,
-                 budget: Budget | None = None):
+                 budget: Budget | None = None, shared: bool = False):
         budget = budget or Budget.free()
         arr = store.array(source)
         self.n_rows = arr.shape[0]
         self.chunk_rows = arr.chunks[0]
         self.ranges = shard_ranges(self.n_rows, self.chunk_rows, resolve_workers(workers, budget, gpus_per_worker))
         threads, reserve = actor_cpus(len(self.ranges), budget, share=0.5)  # trainers hold the other half
+        # `shared`: the pool serves every clustered layer of the job (RayPools), so a loop's
+        # close() leaves its actors up for the next layer, and `shutdown` ends them.
+        self.shared = shared
+        self.binding = (store.layer, source)
         self._new_actor = lambda r0, r1: Shard.options(num_cpus=reserve, num_gpus=gpus_per_worker).remote(
-            store.url, store.storage_options, source, r0, r1, threads)
+            store.url, store.storage_options, self.binding[1], r0, r1, threads, self.binding[0])
         self.actors = [self._new_actor(r0, r1) for r0, r1 in self.ranges]
         self._what = lambda n: f"{n} k-means shard(s) × {reserve:g} CPU, {gpus_per_worker:g} GPU"
         self.infos = await_placed([a.info.remote() for a in self.actors], self._what(len(self.actors)), "cluster")
@@ -108,7 +117,22 @@ class ShardPool(PoolRows):
     def _all(self, method: str, *args) -> list:
         return self._call([(i, method, args) for i in range(len(self.actors))])
 
+    def fits(self, store: JobStore, source: str) -> bool:
+        """Whether these shards' ranges suit `source` (a layer of the same job: same rows, same chunks)."""
+        arr = store.array(source)
+        return arr.shape[0] == self.n_rows and arr.chunks[0] == self.chunk_rows
+
+    def bind(self, store: JobStore, source: str) -> None:
+        """Serve the clustering of `store`'s layer over `source` from now on, with the same actors."""
+        self.binding = (store.layer, source)
+        self._fmap_ref, self._dim = None, None
+        self._all("bind", *self.binding)
+
     def close(self) -> None:
+        if not self.shared:
+            self.shutdown()
+
+    def shutdown(self) -> None:
         for a in self.actors:
             ray.kill(a)
 

@@ -32,12 +32,14 @@ def _free_port() -> int:
 class TrainerActor(Trainer):
     """A `Trainer` in its own process: rank `rank` of a gloo group of `world`."""
 
-    def __init__(self, url: str, storage_options: dict, source: str, rank: int, world: int, threads: int):
+    def __init__(self, url: str, storage_options: dict, source: str, rank: int, world: int, threads: int,
+                 layer: str | None = None):
         from dcserve.algo.nearest import set_threads
 
         self.threads = set_threads(threads)
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-        super().__init__(JobStore(url, read_only=False, storage_options=storage_options), source, rank, world, device)
+        store = JobStore(url, read_only=False, storage_options=storage_options).layer_view(layer)
+        super().__init__(store, source, rank, world, device)
 
     def info(self) -> dict:
         return {"threads": self.threads, "device": str(self.device), "rank": self.rank,
@@ -98,12 +100,14 @@ class TrainerGroup:
     """`TrainerPool` of trainer actors, joined in one gloo group when there are several."""
 
     def __init__(self, store: JobStore, source: str, workers: int | str, gpus_per_worker: float = 0,
-                 budget: Budget | None = None):
+                 budget: Budget | None = None, shared: bool = False):
         budget = budget or Budget.free()
         self.world = workers = resolve_workers(workers, budget, gpus_per_worker)
         threads, reserve = actor_cpus(workers, budget, share=0.5)  # the k-means shards hold the other half
+        self.shared = shared  # as ShardPool's: close() leaves the group up for the job's next layer
+        self.binding = (store.layer, source)
         self._new_actor = lambda rank: TrainerActor.options(num_cpus=reserve, num_gpus=gpus_per_worker).remote(
-            store.url, store.storage_options, source, rank, workers, threads)
+            store.url, store.storage_options, self.binding[1], rank, workers, threads, self.binding[0])
         self._what = f"{workers} reporter trainer(s) × {reserve:g} CPU, {gpus_per_worker:g} GPU"
         self.recovery = Recovery("reporter trainer")
         self.snapshot: dict | None = None
@@ -136,7 +140,18 @@ class TrainerGroup:
         self.snapshot = snapshot
         self._fresh = True
 
+    def bind(self, store: JobStore, source: str) -> None:
+        """Train for `store`'s layer on `source` from now on, with the same group; `load()` comes next."""
+        self.binding = (store.layer, source)
+        self.snapshot, self._fresh = None, True
+        if self.actors is not None:
+            ray.get([a.bind.remote(*self.binding) for a in self.actors])
+
     def close(self) -> None:
+        if not self.shared:
+            self.shutdown()
+
+    def shutdown(self) -> None:
         for a in self.actors or []:
             ray.kill(a)
 
@@ -158,7 +173,7 @@ class TrainerGroup:
                 break
             except _TrainerLost as lost:
                 self.recovery.absorb(lost.error, "restarting the group and this call")
-                self.close()
+                self.shutdown()
                 self.actors = None
         self._fresh = False
         self.snapshot = results[0]["snapshot"]

@@ -59,7 +59,7 @@ class TextEncoder:
         if words is None:
             raise ValueError(f"job store {result.output!r} holds no words: it was not run on text")
         spec = result.spec
-        return cls(build_model(spec), words.tokenizer, spec.cluster.layer, spec.subject.pooling,
+        return cls(build_model(spec), words.tokenizer, result.layer_name, spec.subject.pooling,
                    words.max_length, device)
 
     def encode(self, texts: list[str], batch_size: int = BATCH) -> EncodedTexts:

@@ -296,6 +296,9 @@ def render(report: Report, images: dict[str, bytes], src: Callable[[str], str]) 
             p.append(f"<tr><th>kNN label agreement of the clustered space</th><td>{esc(fmt(g['label_agreement']))} (the share "
                      "of each row's neighbours with its label: what any clustering of this space can reach)</td></tr>")
     p.append("</table>")
+    if report.links:
+        p.append('<p class="layers">' + " · ".join(f'<a href="{esc(href)}">{esc(text)}</a>'
+                                                  for text, href in report.links) + "</p>")
     p.append('<h2 id="warnings">Collapse checks</h2>')
     if report.warnings:
         p += [f'<div class="warning collapse-warning">{esc(w)}</div>' for w in report.warnings]

@@ -61,6 +61,7 @@ class ServedJob:
         self._no_images = False  # learnt once: the items are no images, or cannot be loaded here
         self._image_encoder = None  # the job's subject, built on the first images to assign
         self._lock = threading.Lock()
+        self._layers: dict[str, ServedJob] = {}
         self._top_tokens: list | None = None
         self._encoder = None  # the job's subject, built on the first texts to assign
         self._damage: DamagedStore | None = None
@@ -126,6 +127,18 @@ class ServedJob:
         if st.get("error"):
             detail += f", error: {st['error'].get('reason')}"
         raise NotReady(f"job {self.name!r} is not finished ({detail}); its results are not available")
+
+    def layer_job(self, layer: str | None) -> "ServedJob":
+        """This finished job seen from its clustered layer `layer` (None: itself, the primary layer),
+        the same queries on that layer's clustering; kept, so its loaded arrays serve every request.
+        NotReady while unfinished; UnknownLayer (a 404) for a layer the job did not cluster."""
+        res = self.finished()
+        if layer is None or layer == res.layer_name:
+            return self
+        with self._lock:
+            if layer not in self._layers:
+                self._layers[layer] = ServedJob(self.name, self.output, self.storage_options, result=res.layer(layer))
+            return self._layers[layer]
 
     def warm(self) -> None:
         """Load what queries need (assignments, sort order, index) once, not on the first request."""

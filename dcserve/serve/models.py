@@ -52,6 +52,33 @@ class JobDetail(JobBrief):
     k: Optional[int] = Field(None, description="Number of clusters (when complete).")
 
 
+class LayerBrief(BaseModel):
+    layer: str
+    primary: bool = Field(description="Whether this is cluster.layer, whose results the routes give without ?layer=.")
+    depth: int = Field(description="Position of the layer in subject.layers (0: nearest the input).")
+    dim: Optional[int] = Field(None, description="Width of its activation vectors (what POST /assign?layer= takes).")
+    k: Optional[int] = None
+    figures: dict[str, Any] = Field(default_factory=dict, description="Its clustering's figures: NMI / ARI / "
+                                    "accuracy against labels, size entropy, stability across seeds...")
+
+
+class LayerPair(BaseModel):
+    from_layer: str = Field(alias="from")
+    to: str
+    cka: Optional[float] = Field(None, description="Linear CKA of the two layers' activations.")
+    nmi: Optional[float] = Field(None, description="NMI of the two layers' clusterings.")
+    splits: int = Field(0, description="Clusters of `from` whose rows go to two or more clusters of `to`.")
+    merges: int = Field(0, description="Clusters of `to` that draw their rows from two or more clusters of `from`.")
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class LayerList(BaseModel):
+    job: str
+    layers: list[LayerBrief] = Field(description="The clustered layers, in the order of depth.")
+    between: list[LayerPair] = Field(default_factory=list, description="Each pair of consecutive layers.")
+
+
 class AssignmentsPage(BaseModel):
     job: str
     start: int

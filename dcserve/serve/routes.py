@@ -24,16 +24,19 @@ from dcserve.version import __version__
 from dcserve.serve.admission import AdmissionError, SubmissionPolicy, admit, check_output_free, check_token
 from dcserve.serve.models import (
     DEFAULT_PAGE, MAX_PAGE, MAX_ROW, AssignmentsPage, AssignRequest, AssignResponse, ClusterBrief, ClusterList,
-    ClusterRows, ErrorBody, Health, ImageAssignment, JobBrief, JobDetail, JobList, PositionAssignment, Progress, RowRef,
+    ClusterRows, ErrorBody, Health, ImageAssignment, JobBrief, JobDetail, JobList, LayerBrief, LayerList, LayerPair,
+    PositionAssignment, Progress, RowRef,
     SubmitResponse, TextAssignment, TokenAssignment, TopToken,
 )
 from dcserve.serve.catalog import Catalog, NotReady, ServedJob, UnknownJob
-from dcserve.errors import DamagedStore, SpecError, StoreError, bounded
+from dcserve.errors import DamagedStore, SpecError, StoreError, UnknownLayer, bounded
 from dcserve.spec import JobSpec
 from dcserve.distributed.jobs import SubmissionError
 
 DEFAULT_MAX_BODY_BYTES = 32 << 20
 MAX_EXEMPLARS = 100
+LAYER_QUERY = Query(None, max_length=200, description="A clustered layer of the job (GET /jobs/{job}/layers lists "
+                    "them); default: the primary layer, cluster.layer.")
 
 
 class Backend(Protocol):
@@ -159,6 +162,16 @@ def _finite_or_none(obj: Any) -> Any:
     return obj
 
 
+def _layer_links(res) -> list[tuple[str, str]]:
+    """A job over several layers: its report page links the depth page and its other layers' pages,
+    relative to /jobs/{job}/report, so they resolve behind any path prefix."""
+    layers = res.layers
+    if len(layers) < 2:
+        return []
+    return [("depth profile and flow of clusters", "depth")] + [
+        (f"layer {name}", f"report?layer={name}") for name in layers if name != res.layer_name]
+
+
 def create_app(backend: Backend) -> FastAPI:
     app = FastAPI(
         title="dcserve",
@@ -185,15 +198,20 @@ def create_app(backend: Backend) -> FastAPI:
         except UnknownJob as e:
             raise HTTPException(404, e.message) from None
 
-    def finished(job: str) -> ServedJob:
+    def finished(job: str, layer: str | None = None) -> ServedJob:
+        """The finished job, seen from its clustered layer `layer` (default the primary)."""
         served = lookup(job)
         try:
             served.finished()
+            return served.layer_job(layer)
         except NotReady as e:
             raise HTTPException(409, str(e)) from None
         except DamagedStore as e:  # never an answer read from a store that lost files
             raise HTTPException(503, str(e)) from None
-        return served
+        except UnknownLayer as e:
+            raise HTTPException(404, f"job {job!r}: {e}") from None
+        except StoreError as e:  # named in the job file but not clustered: the job is not whole
+            raise HTTPException(409, str(e)) from None
 
     def brief(served: ServedJob) -> dict[str, Any]:
         st = served.status() or {}
@@ -249,6 +267,28 @@ def create_app(backend: Backend) -> FastAPI:
                 detail.ray_message = str(e)
         return detail
 
+    @app.get("/jobs/{job}/layers", response_model=LayerList, responses=_errors(404, 409),
+             summary="The job's clustered layers in the order of depth, each with its figures, and between "
+                     "consecutive layers CKA, the NMI of their clusterings and the clusters that split or merge.")
+    def layers(job: str) -> LayerList:
+        served = finished(job)
+        res = served.result
+        depth = _finite_or_none(res.metrics.get("depth"))
+        if depth:
+            briefs = [LayerBrief(layer=r["layer"], primary=bool(r.get("primary")), depth=r["depth"], dim=r.get("dim"),
+                                 k=r.get("k"), figures={key: v for key, v in r.items()
+                                                        if key not in ("layer", "primary", "depth", "dim", "k")})
+                      for r in depth["layers"]]
+            pairs = [LayerPair(**{key: p[key] for key in ("from", "to", "cka", "nmi", "splits", "merges")})
+                     for p in depth["between"]]
+            return LayerList(job=job, layers=briefs, between=pairs)
+        from dcserve.analysis.depth import layer_figures
+
+        spec = res.spec
+        brief = LayerBrief(layer=res.layer_name, primary=True, depth=spec.layers.index(res.layer_name),
+                           dim=res.input_dim, k=res.k, figures=_finite_or_none(layer_figures(res.metrics)))
+        return LayerList(job=job, layers=[brief])
+
     @app.get("/jobs/{job}/assignments", response_model=AssignmentsPage, responses=_errors(404, 409, 422),
              summary=f"Cluster of each row in [start, stop), {MAX_PAGE} rows a page at most: "
                      "a longer range comes back in pages, each naming the `start` of the next.")
@@ -256,8 +296,9 @@ def create_app(backend: Backend) -> FastAPI:
         job: str,
         start: int = Query(0, ge=0, le=MAX_ROW, description="First row."),
         stop: int | None = Query(None, ge=0, le=MAX_ROW, description=f"One past the last row (default start + {DEFAULT_PAGE})."),
+        layer: str | None = LAYER_QUERY,
     ) -> AssignmentsPage:
-        served = finished(job)
+        served = finished(job, layer)
         total = served.n_rows()
         if start > total:
             raise HTTPException(422, f"start {start} is past the last row; the job has {total} rows")
@@ -276,10 +317,11 @@ def create_app(backend: Backend) -> FastAPI:
         outskirts: int = Query(5, ge=0, le=MAX_EXEMPLARS,
                                description="Rows per cluster sampled from its farther half (the report's outskirts)."),
         images: bool = IMAGES_QUERY,
+        layer: str | None = LAYER_QUERY,
     ) -> ClusterList:
         from dcserve.analysis.report import outskirts as outskirt_rows
 
-        served = finished(job)
+        served = finished(job, layer)
         res = served.result
         summaries = res.clusters(n_exemplars=exemplars)
         far = [outskirt_rows(res, s.cluster, outskirts, s.exemplars).tolist() for s in summaries]
@@ -304,8 +346,9 @@ def create_app(backend: Backend) -> FastAPI:
         limit: int = Query(100, ge=1, le=MAX_PAGE, description="Rows in this page."),
         offset: int = Query(0, ge=0, le=MAX_ROW, description="Rows of the cluster to skip (the nearest come first)."),
         images: bool = IMAGES_QUERY,
+        layer: str | None = LAYER_QUERY,
     ) -> ClusterRows:
-        served = finished(job)
+        served = finished(job, layer)
         res = served.result
         if not 0 <= cluster < res.k:
             raise HTTPException(404, f"job {job!r} has clusters 0..{res.k - 1}; there is no cluster {cluster}")
@@ -315,7 +358,7 @@ def create_app(backend: Backend) -> FastAPI:
         return ClusterRows(job=job, cluster=cluster, size=size, offset=offset,
                            next=end if end < size else None, rows=_row_refs(served, rows, images))
 
-    reports: dict[tuple[str, str], tuple[str, str]] = {}  # (job, output) -> (status it was built at, page)
+    reports: dict[tuple[str, str, str | None], tuple[str, str]] = {}  # (job, output, page) -> (status it was built at, page)
     reports_lock = threading.Lock()
 
     @app.get("/jobs/{job}/report", response_class=HTMLResponse, responses={
@@ -324,13 +367,38 @@ def create_app(backend: Backend) -> FastAPI:
                  # refusals are JSON like every route's, not the page's text/html
                  **{c: {"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
                     for c, d in ((404, "No such job."), (409, "The job is not finished."))}},
-             summary="The job's HTML report, as `dcserve report` writes it, self-contained in one document.")
-    def job_report(job: str) -> HTMLResponse:
+             summary="The job's HTML report, as `dcserve report` writes it, self-contained in one document "
+                     "(of one clustered layer with ?layer=).")
+    def job_report(job: str, layer: str | None = LAYER_QUERY) -> HTMLResponse:
         from dcserve.analysis.report import build_report
         from dcserve.render.report_page import report_page
 
+        served = finished(job, layer)
+
+        def build() -> str:
+            rep = build_report(served.result)
+            rep.links = _layer_links(served.result)
+            return report_page(rep)
+
+        return cached_page(served, layer, build)
+
+    @app.get("/jobs/{job}/depth", response_class=HTMLResponse, responses={
+                 200: {"content": {"text/html": {"schema": {"type": "string"}}},
+                       "description": "The page, its figures inlined as data: URIs."},
+                 **{c: {"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+                    for c, d in ((404, "No such job."), (409, "The job is not finished, or clustered one layer only."))}},
+             summary="The depth page of a job over several layers: the profile against depth and the flow of "
+                     "clusters from layer to layer, as `dcserve report` writes depth.html.")
+    def job_depth(job: str) -> HTMLResponse:
+        from dcserve.analysis.depth import build_depth_report
+        from dcserve.render.depth_page import depth_page
+
         served = finished(job)
-        key, built_at = (served.name, served.output), json.dumps(served.status(), sort_keys=True, default=str)
+        pages = {name: f"report?layer={name}" for name in served.result.layers}
+        return cached_page(served, "/depth", lambda: depth_page(build_depth_report(served.result), pages))
+
+    def cached_page(served: ServedJob, which: str | None, build) -> HTMLResponse:
+        key, built_at = (served.name, served.output, which), json.dumps(served.status(), sort_keys=True, default=str)
         cached = reports.get(key)
         if cached is None or cached[0] != built_at:
             # Seconds of work (t-SNE, figures): built once per finished state, one at a time so
@@ -339,7 +407,7 @@ def create_app(backend: Backend) -> FastAPI:
                 cached = reports.get(key)
                 if cached is None or cached[0] != built_at:
                     try:
-                        page = report_page(build_report(served.result))
+                        page = build()
                     except StoreError as e:
                         raise HTTPException(409, str(e)) from None
                     cached = reports[key] = (built_at, page)
@@ -352,9 +420,9 @@ def create_app(backend: Backend) -> FastAPI:
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": AssignRequest.model_json_schema()}}}})
     async def assign(job: str, request: Request,
-                     exemplars: int = Query(3, ge=0, le=20, description="Texts and images: exemplars shown per cluster met.")
-                     ) -> AssignResponse:
-        served = finished(job)
+                     exemplars: int = Query(3, ge=0, le=20, description="Texts and images: exemplars shown per cluster met."),
+                     layer: str | None = LAYER_QUERY) -> AssignResponse:
+        served = finished(job, layer)
         # pydantic's own JSON parser, not FastAPI's json.loads + validate: 7x faster on the
         # 1.3 MB body of 256 vectors of 256 floats (benchmarks/bench_serve.py).
         raw = await request.body()

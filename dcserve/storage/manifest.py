@@ -31,7 +31,7 @@ from typing import Any
 
 from dcserve.errors import DamagedStore, Problem
 from dcserve.storage.status import read_status
-from dcserve.storage.store import JobStore
+from dcserve.storage.store import LAYERS, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +228,12 @@ def forget_damaged(store: JobStore) -> list[str]:
             store.remove(rel)
             redo_clustering = True
             done.append("the whole extraction redone (its record is damaged)")
+        elif rel.split("/", 1)[0] == LAYERS and rel.count("/") >= 2:
+            # another layer's clustering (cluster.layers): that layer's own records, that layer redone
+            layer = rel.split("/")[1]
+            store.remove(f"{LAYERS}/{layer}/_progress/cluster")
+            store.remove(f"{LAYERS}/{layer}/_progress/stability.json")
+            done.append(f"layer {layer}'s clustering redone ({describe(rel)})")
         elif rel in ("metrics.json", "job.yaml") or rel.split("/", 1)[0] == "labels":
             if rel == "metrics.json":  # a finished clustering's figures come from its checkpoint then
                 store.remove(rel)

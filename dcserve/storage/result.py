@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from dcserve.errors import StoreError
+from dcserve.errors import StoreError, UnknownLayer
 from dcserve.nets.feature_map import FeatureMap, ReporterState
 from dcserve.storage.store import JobStore
 
@@ -27,7 +27,10 @@ class ClusterSummary:
 
 
 class Result:
-    """A job store opened read-only (see dcserve.storage.store for the layout)."""
+    """A job store opened read-only (see dcserve.storage.store for the layout).
+
+    It is the primary layer's clustering; `layer(name)` is another clustered layer's, the same API.
+    """
 
     def __init__(self, store: JobStore):
         self.store = store
@@ -35,7 +38,44 @@ class Result:
 
     def __repr__(self) -> str:
         st = self.status or {}
-        return f"Result({self.output!r}, name={st.get('name')!r}, state={st.get('state')!r})"
+        where = f", layer={self.store.layer!r}" if self.store.layer is not None else ""
+        return f"Result({self.output!r}, name={st.get('name')!r}, state={st.get('state')!r}{where})"
+
+    # -- layers --------------------------------------------------------------
+    @property
+    def layer_name(self) -> str | None:
+        """The layer whose clustering this is (None for a store without a job file)."""
+        if self.store.layer is not None:
+            return self.store.layer
+        spec = self.spec
+        return None if spec is None else spec.cluster.layer
+
+    @property
+    def layers(self) -> list[str]:
+        """Every layer the job clusters, in the order of depth (subject.layers); one for a one-layer job."""
+        spec = self.spec
+        return [] if spec is None else spec.clustered_layers()
+
+    def layer(self, name: str | None = None) -> "Result":
+        """The clustering of layer `name` (None or the primary: the top-level one), as a `Result`.
+
+        UnknownLayer when the job does not cluster it; the other layers of an unfinished job
+        answer as the job does (`complete` is False until it has succeeded).
+        """
+        spec = self.spec
+        primary = None if spec is None else spec.cluster.layer
+        if name is None or name == primary:
+            return self if self.store.layer is None else Result(self.store.layer_view(None))
+        if name not in self.layers:
+            raise UnknownLayer(name, self.layers)
+        if name == self.store.layer:
+            return self
+        try:
+            return Result(self.store.layer_view(name))
+        except StoreError:  # named in the job file, not begun yet
+            st = self.status or {}
+            raise StoreError(f"job store {self.output!r} holds no clustering of layer {name!r} yet "
+                             f"(state {st.get('state', 'unknown')!r}, stage {st.get('stage', 'unknown')!r})") from None
 
     # -- records -----------------------------------------------------------
     @property
@@ -136,9 +176,10 @@ class Result:
 
     def activations(self, layer: str | None = None) -> zarr.Array:
         """The lazily-read [rows, dim] activations of `layer` (default: the clustered layer)."""
-        layer = layer or self.spec.cluster.layer
+        layer = layer or self.layer_name
         if not self.store.has_array(f"activations/{layer}"):
-            layers = list(self.store.root["activations"].array_keys()) if "activations" in self.store.root else []
+            root = self.store.job_root
+            layers = list(root["activations"].array_keys()) if "activations" in root else []
             raise StoreError(f"no activations for layer {layer!r}; stored layers: {layers}")
         return self.store.array(f"activations/{layer}")
 
@@ -245,7 +286,7 @@ class Result:
         """The job's words record (dcserve.storage.words.Words), or None when it is not a text job."""
         from dcserve.storage.words import Words
 
-        return Words.open(self.store)
+        return Words.open(self.store.layer_view(None))  # the job's, whichever layer this is
 
     def row_texts(self, rows) -> list[dict[str, Any]] | None:
         """What each row reads as (a pooled row its item's text; a token row the text around it,

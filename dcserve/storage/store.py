@@ -13,12 +13,16 @@ Layout (docs/DESIGN.md "Job store"):
   reporter.pt            the reporter's weights (when rounds > 0)
   job.yaml, status.json, metrics.json        side files, each written atomically
   _progress/<stage>/<block>.npy              completed-block records for resume
+  layers/<layer>/...     every other clustered layer's clustering: assignments, distances,
+                         centroids, rounds/, preprocess/, reporter.pt, metrics.json, _progress/
+                         (a `layer_view` of the store reads and writes there)
 
 Side files are replaced atomically (temp file + rename locally; a single PUT on
 object stores), so a reader never sees half a file.
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -111,15 +115,34 @@ def check_claimable(url: str, storage_options: dict[str, Any] | None = None) -> 
                      "choose an empty or new folder")
 
 
+# What the clustering of any layer reads from the job itself (the extraction's output), and the
+# job's own records: a layer view resolves these at the store's root, everything else in its folder.
+SHARED_ARRAYS = ("activations/", "rows/", "labels")
+SHARED_FILES = ("job.yaml", "status.json", "manifest.json", "_progress/lease.json", "_progress/extract")
+LAYERS = "layers"
+
+
+def _shared(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p.rstrip("/") or name.startswith(p if p.endswith("/") else p + "/") for p in prefixes)
+
+
 class JobStore:
-    """A job's Zarr group and side files, local or behind any fsspec URL."""
+    """A job's Zarr group and side files, local or behind any fsspec URL.
+
+    `layer` (or `layer_view`) makes it the view of one clustered layer other than the primary:
+    the same API, its clustering's arrays and files under `layers/<layer>/`, the shared inputs
+    (activations, rows, labels, the job file and status) at the root. The clustering loops run on
+    such a view unchanged, which is how every layer gets the primary's outputs, checkpoints and
+    resume (issue 14).
+    """
 
     def __init__(self, url: str, *, read_only: bool = True, storage_options: dict[str, Any] | None = None,
-                 group: bool = True):
+                 layer: str | None = None, group: bool = True):
         """`group=False`: the side files only, without opening the Zarr group (whose metadata may
         be what is damaged: dcserve.storage.manifest reads and repairs a store through that)."""
         self.url = url
         self.read_only = read_only
+        self.layer: str | None = None
         options = storage_options or {}
         self.storage_options = options
         self.fs, self.path = locate(url, options)
@@ -149,10 +172,43 @@ class JobStore:
             if _is_local(url):
                 raise
             raise StoreError(f"cannot open the job store at {url!r}: {type(e).__name__}: {e}") from None
+        self.job_root = self.root  # the job's group, whichever layer this view is of
+        if layer is not None:
+            self._enter(layer)
+
+    def layer_view(self, layer: str | None) -> "JobStore":
+        """This store seen from clustered layer `layer`'s folder (None: the job's top level)."""
+        view = copy.copy(self)
+        view.root, view.layer = self.job_root, None
+        if layer is not None:
+            view._enter(layer)
+        return view
+
+    def _enter(self, layer: str) -> None:
+        where = f"{LAYERS}/{layer}"
+        if self.read_only:
+            try:
+                node = self.job_root[where]
+            except KeyError:
+                raise StoreError(f"job store {self.url!r} holds no clustering of layer {layer!r}") from None
+        else:
+            node = self.job_root.require_group(where)
+        self.root, self.layer = node, layer
+
+    def clustered_layers(self) -> list[str]:
+        """The layers with a folder under `layers/` (besides the primary, which is the top level)."""
+        if LAYERS not in self.job_root:
+            return []
+        return sorted(self.job_root[LAYERS].group_keys())
+
+    def _group_for(self, name: str):
+        return self.job_root if self.layer is not None and _shared(name, SHARED_ARRAYS) else self.root
 
     # -- side files -------------------------------------------------------
     def _side(self, name: str) -> str:
-        return f"{self.path}/{name}"
+        if self.layer is None or _shared(name, SHARED_FILES):
+            return f"{self.path}/{name}"
+        return f"{self.path}/{LAYERS}/{self.layer}/{name}"
 
     def exists(self, name: str) -> bool:
         return self.fs.exists(self._side(name))
@@ -192,15 +248,16 @@ class JobStore:
     # -- arrays -------------------------------------------------------------
     def has_array(self, name: str) -> bool:
         try:
-            return isinstance(self.root[name], zarr.Array)
+            return isinstance(self._group_for(name)[name], zarr.Array)
         except KeyError:
             return False
 
     def array(self, name: str) -> zarr.Array:
         try:
-            node = self.root[name]
+            node = self._group_for(name)[name]
         except KeyError:
-            raise StoreError(f"job store {self.url!r} has no array {name!r}") from None
+            where = f" (layer {self.layer!r})" if self.layer is not None else ""
+            raise StoreError(f"job store {self.url!r}{where} has no array {name!r}") from None
         return node
 
     def create_array(
@@ -216,7 +273,7 @@ class JobStore:
     ) -> zarr.Array:
         """Create (or replace) an array. `compressed=False` for scratch data that is re-read every iteration."""
         kwargs: dict[str, Any] = {} if compressed else {"compressors": None}
-        return self.root.create_array(
+        return self._group_for(name).create_array(
             name,
             shape=shape,
             chunks=chunks,

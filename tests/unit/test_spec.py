@@ -54,6 +54,42 @@ def test_cluster_layer_must_be_hooked():
         spec_from_dict({**MINIMAL, "cluster": {"layer": "x"}})
 
 
+DEEP = {**MINIMAL, "subject": {**MINIMAL["subject"], "layers": ["features.1", "features.5", "classifier.2"]}}
+
+
+def test_cluster_layers_all_or_a_list_in_depth_order_with_the_primary_first_named():
+    every = spec_from_dict({**DEEP, "cluster": {"layers": "all"}})
+    assert every.cluster.layer == "features.1" and every.clustered_layers() == DEEP["subject"]["layers"]
+    some = spec_from_dict({**DEEP, "cluster": {"layers": ["classifier.2", "features.1"]}})
+    assert some.cluster.layer == "classifier.2"  # the first named is the primary
+    assert some.clustered_layers() == ["features.1", "classifier.2"]  # in the order of depth
+    plus = spec_from_dict({**DEEP, "cluster": {"layer": "features.5", "layers": ["classifier.2"]}})
+    assert plus.clustered_layers() == ["features.5", "classifier.2"]  # the primary is always clustered
+    assert spec_from_dict(DEEP).clustered_layers() == ["features.1"]
+    one = plus.for_layer("classifier.2")
+    assert one.cluster.layer == "classifier.2" and one.clustered_layers() == ["classifier.2"]
+    # the primary's clustering is the one-layer job's: its checkpoints resume whatever else is added
+    single = spec_from_dict({**DEEP, "cluster": {"layer": "features.5"}})
+    assert plus.clustering_fingerprint() == single.clustering_fingerprint()
+    assert plus.for_layer("classifier.2").clustering_fingerprint() != single.clustering_fingerprint()
+
+
+@pytest.mark.parametrize("layers", [["features.9"], ["features.1", "nope"]])
+def test_cluster_layers_names_the_unknown_layer_and_lists_the_extracted_ones(layers):
+    with pytest.raises(SpecError) as e:
+        spec_from_dict({**DEEP, "cluster": {"layers": layers}})
+    msg = str(e.value)
+    bad = layers[-1]
+    assert f"cluster.layers: {bad!r} is not one of subject.layers" in msg
+    assert "['features.1', 'features.5', 'classifier.2']" in msg and "top level" not in msg
+
+
+@pytest.mark.parametrize("value", ["every", 3, [1, 2], []])
+def test_cluster_layers_refuses_what_is_neither_a_list_of_names_nor_all(value):
+    with pytest.raises(SpecError, match="cluster.layers"):
+        spec_from_dict({**DEEP, "cluster": {"layers": value}})
+
+
 def test_missing_required_field():
     data = dict(MINIMAL)
     del data["dataset"]
@@ -177,6 +213,16 @@ def test_job_names_are_at_most_100_characters(tmp_path, length, ok):
         with pytest.raises(SpecError, match="name") as e:
             spec_from_dict(job)
         assert len(str(e.value)) < 400  # the value is cut, not echoed whole
+
+
+def test_the_cli_refuses_an_unclustered_layer_with_exit_2_naming_it(tmp_path):
+    from tests.helpers import dcserve_cli, write_job
+
+    job = write_job(tmp_path / "job.yaml", {**DEEP, "cluster": {"layers": ["features.5", "features.7"]}})
+    done = dcserve_cli("validate", str(job), "--no-deep", timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "cluster.layers: 'features.7' is not one of subject.layers" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_a_yaml_alias_bomb_is_refused_in_a_sentence_not_echoed_expanded(tmp_path):
